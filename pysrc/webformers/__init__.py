@@ -1,0 +1,28 @@
+"""webformers: quantized ONNX models in the browser, from Python.
+
+Public names are imported lazily so that ``import webformers`` stays fast in Pyodide.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "pipeline": "webformers.pipelines",
+    "AutoTokenizer": "webformers.models",
+    "AutoModelForCausalLM": "webformers.models",
+    "GenerationConfig": "webformers.generation",
+    "TextStreamer": "webformers.generation",
+    "TextIteratorStreamer": "webformers.generation",
+    "ModelRepo": "webformers.hub",
+    "DTYPES": "webformers.dtypes",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'webformers' has no attribute {name!r}")

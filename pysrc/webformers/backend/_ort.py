@@ -1,0 +1,62 @@
+"""CPython backend: onnxruntime on the CPU, with the same API as the browser backend."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+
+backend_name = "onnxruntime"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("the CPython backend needs onnxruntime: pip install 'webformers[cpu]'") from e
+    return onnxruntime
+
+
+async def adapter_info() -> dict:
+    return {"webgpu": False, "features": [], "isFallbackAdapter": None, "crossOriginIsolated": False,
+            "backend": backend_name}
+
+
+class Session:
+    def __init__(self, sess, device: str):
+        self._s = sess
+        self.device = device
+        self.input_names = [i.name for i in sess.get_inputs()]
+        self.output_names = [o.name for o in sess.get_outputs()]
+        self.input_types = {i.name: i.type for i in sess.get_inputs()}
+
+    async def run(self, feeds: dict, fetch=None) -> dict:
+        outs = self._s.run(None, {k: np.asarray(v) for k, v in feeds.items()})
+        return dict(zip(self.output_names, outs))
+
+    def dispose(self) -> None:
+        self._s = None
+
+
+def release(value) -> None:
+    """Backend tensors on CPython are numpy arrays: nothing to free."""
+
+
+async def create_session(model, *, device: str = "wasm", external_data=None, keep_on_device=(),
+                         threads: int | None = None) -> Session:
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or int(os.environ.get("WEBFORMERS_THREADS", "1"))
+    opts.log_severity_level = 3
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        if external_data:
+            names, values = [], []
+            for item in external_data:
+                names.append(item["path"])
+                values.append(np.frombuffer(item["data"], dtype=np.uint8))
+            opts.add_external_initializers_from_files_in_memory(names, values, [len(v) for v in values])
+        sess = ort.InferenceSession(bytes(model), opts, providers=["CPUExecutionProvider"])
+    else:
+        sess = ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
+    await asyncio.sleep(0)
+    return Session(sess, "cpu")
