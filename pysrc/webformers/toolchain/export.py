@@ -1,0 +1,206 @@
+"""PyTorch decoder-only (Llama family) → ONNX fp32 with a KV cache and a ``num_logits_to_keep`` input.
+
+The graph's interface (the transformers.js / onnx-community decoder layout, plus one input):
+
+inputs
+    ``input_ids`` int64 [batch, seq], ``attention_mask`` int64 [batch, past+seq],
+    ``position_ids`` int64 [batch, seq], ``past_key_values.{i}.key`` / ``.value`` float32
+    [batch, kv_heads, past, head_dim], ``num_logits_to_keep`` int64 scalar (rank 0 or shape [1]:
+    the input is declared without a shape so both are accepted). 0 = logits for every position,
+    k = logits for the last k positions only.
+outputs
+    ``logits`` float32 [batch, kept, vocab], ``present.{i}.key`` / ``.value`` [batch, kv_heads, past+seq, head_dim].
+
+transformers.js (>= the release with ``setNumLogitsToKeep``) feeds ``num_logits_to_keep`` as an int64
+scalar when the session declares it (1 while generating, 0 for a plain forward), so the same repo works
+there unchanged.
+
+The torch graph stops at the final norm; the lm_head is appended here as ONNX nodes (Slice by
+``num_logits_to_keep``, then a Gemm with ``transB=1`` that reads the *embedding* initializer) so a tied
+embedding is stored once and prefill never computes vocab-sized logits for every prompt position.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 21
+
+
+class _Decoder:
+    """Built lazily so importing the toolchain does not import torch."""
+
+    @staticmethod
+    def make(model):
+        import torch
+        from transformers import DynamicCache
+
+        class Decoder(torch.nn.Module):
+            def __init__(self, causal_lm):
+                super().__init__()
+                self.base = causal_lm.model
+                self.config = causal_lm.config
+
+            def forward(self, input_ids, attention_mask, position_ids, past):
+                cache = DynamicCache(config=self.config)
+                for i in range(len(past) // 2):
+                    cache.update(past[2 * i], past[2 * i + 1], i)
+                out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                cache=cache, use_cache=True)
+                presents = []
+                for layer in cache.layers:
+                    presents.extend([layer.keys, layer.values])
+                return (out.last_hidden_state, *presents)
+
+        return Decoder(model).eval()
+
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(num_layers, kv_heads, head_dim)"""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, config.num_key_value_heads, head_dim
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], present
+
+
+def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
+    """Export ``model`` (a ``LlamaForCausalLM`` in fp32) to ``out_path`` (fp32 ONNX)."""
+    import onnx
+    import torch
+
+    cfg = model.config
+    n_layers, kv_heads, head_dim = kv_shape(cfg)
+    wrapper = _Decoder.make(model)
+    batch, seq, past_len = 2, 3, 4
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), dtype=torch.int64)
+    mask = torch.ones((batch, past_len + seq), dtype=torch.int64)
+    pos = torch.arange(past_len, past_len + seq, dtype=torch.int64).unsqueeze(0).repeat(batch, 1)
+    past = [torch.randn(batch, kv_heads, past_len, head_dim) for _ in range(2 * n_layers)]
+    B = torch.export.Dim("batch_size", min=1, max=1024)
+    S = torch.export.Dim("sequence_length", min=1, max=1 << 16)
+    P = torch.export.Dim("past_sequence_length", min=0, max=1 << 16)
+    T = torch.export.Dim("total_sequence_length", min=1, max=1 << 17)
+    dyn = {"input_ids": {0: B, 1: S}, "attention_mask": {0: B, 1: T}, "position_ids": {0: B, 1: S},
+           "past": [{0: B, 2: P} for _ in past]}
+    in_names, present_names = io_names(n_layers)
+    with torch.no_grad(), tempfile.TemporaryDirectory() as td:
+        prog = torch.onnx.export(
+            wrapper, (ids, mask, pos, past), dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
+            input_names=in_names, output_names=["last_hidden_state", *present_names],
+            optimize=True, verbose=False, report=False)
+        tmp = os.path.join(td, "raw.onnx")
+        prog.save(tmp, external_data=True)
+        m = onnx.load(tmp, load_external_data=True)
+    _rename_dims(m, n_layers)
+    _append_lm_head(m, cfg)
+    return save_model(m, out_path, external_data=external_data)
+
+
+def _rename_dims(m, n_layers):
+    """Readable symbolic dims (the exporter names them s0, s1, ...)."""
+    def setdims(vi, names):
+        dims = vi.type.tensor_type.shape.dim
+        for d, name in zip(dims, names):
+            if name is not None and not d.HasField("dim_value"):
+                d.ClearField("dim_value")
+                d.dim_param = name
+    for vi in m.graph.input:
+        if vi.name in ("input_ids", "position_ids"):
+            setdims(vi, ["batch_size", "sequence_length"])
+        elif vi.name == "attention_mask":
+            setdims(vi, ["batch_size", "total_sequence_length"])
+        elif vi.name.startswith("past_key_values."):
+            setdims(vi, ["batch_size", None, "past_sequence_length", None])
+    for vi in m.graph.output:
+        if vi.name.startswith("present."):
+            setdims(vi, ["batch_size", None, "total_sequence_length", None])
+
+
+def _embedding_initializer(m, vocab: int, hidden: int) -> str:
+    """Name of the [vocab, hidden] initializer the input_ids Gather reads."""
+    inits = {i.name: i for i in m.graph.initializer}
+    for node in m.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == "input_ids":
+            t = inits.get(node.input[0])
+            if t is not None and list(t.dims) == [vocab, hidden]:
+                return node.input[0]
+    raise RuntimeError("exported graph has no [vocab, hidden] embedding Gather on input_ids")
+
+
+def _append_lm_head(m, cfg):
+    """Add ``num_logits_to_keep`` and the lm_head (on the tied embedding, or a separate weight)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = m.graph
+    vocab, hidden = cfg.vocab_size, cfg.hidden_size
+    emb = _embedding_initializer(m, vocab, hidden)
+    if not getattr(cfg, "tie_word_embeddings", False):
+        w = cfg._lm_head_weight  # set by the caller for untied models
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w, np.float32), "lm_head.weight"))
+        weight = "lm_head.weight"
+    else:
+        weight = emb
+    # drop the hidden-state output; logits replace it (same position: first)
+    hs_out = g.output[0]
+    assert hs_out.name == "last_hidden_state", hs_out.name
+    g.input.append(helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, None))
+    consts = [
+        numpy_helper.from_array(np.array([1], np.int64), "lm_head/axes"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "lm_head/end"),
+        numpy_helper.from_array(np.array([1], np.int64), "lm_head/one"),
+        numpy_helper.from_array(np.array([-1, hidden], np.int64), "lm_head/flat_shape"),
+        numpy_helper.from_array(np.array([vocab], np.int64), "lm_head/vocab"),
+    ]
+    g.initializer.extend(consts)
+    nodes = [
+        # k as a 1-element vector whatever the fed rank; start = -k (0 keeps everything)
+        helper.make_node("Reshape", ["num_logits_to_keep", "lm_head/one"], ["lm_head/k"], name="lm_head/k"),
+        helper.make_node("Neg", ["lm_head/k"], ["lm_head/start"], name="lm_head/start"),
+        helper.make_node("Slice", ["last_hidden_state", "lm_head/start", "lm_head/end", "lm_head/axes"],
+                         ["lm_head/kept"], name="lm_head/slice"),
+        helper.make_node("Shape", ["lm_head/kept"], ["lm_head/kept_shape"], start=0, end=2,
+                         name="lm_head/kept_shape"),
+        helper.make_node("Concat", ["lm_head/kept_shape", "lm_head/vocab"], ["lm_head/out_shape"], axis=0,
+                         name="lm_head/out_shape"),
+        helper.make_node("Reshape", ["lm_head/kept", "lm_head/flat_shape"], ["lm_head/flat"], name="lm_head/flat"),
+        helper.make_node("Gemm", ["lm_head/flat", weight], ["lm_head/logits_flat"], transB=1, name="lm_head/gemm"),
+        helper.make_node("Reshape", ["lm_head/logits_flat", "lm_head/out_shape"], ["logits"], name="lm_head/logits"),
+    ]
+    g.node.extend(nodes)
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "num_logits", vocab])
+    outs = [logits] + [o for o in g.output if o.name != "last_hidden_state"]
+    del g.output[:]
+    g.output.extend(outs)
+
+
+TWO_GB = 2 * 1024 ** 3 - 64 * 1024 ** 2  # keep a margin under protobuf's 2 GiB limit
+
+
+def _tensor_bytes(m) -> int:
+    return sum(len(t.raw_data) or 4 * len(t.float_data) for t in m.graph.initializer)
+
+
+def save_model(m, out_path, *, external_data: bool = False) -> Path:
+    """Save ``m``; tensors go to ``{name}_data`` (``model_q4.onnx_data``) when asked or when needed."""
+    import onnx
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = out_path.name + "_data"
+    if (out_path.parent / data_name).exists():
+        (out_path.parent / data_name).unlink()
+    if not external_data:
+        external_data = _tensor_bytes(m) > TWO_GB
+    if external_data:
+        onnx.save_model(m, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(m, str(out_path))
+    return out_path

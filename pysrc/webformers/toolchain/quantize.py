@@ -1,0 +1,354 @@
+"""fp32 ONNX decoder → every dtype variant of the registry (``webformers.dtypes``).
+
+- fp16: ``convert_float_to_float16(keep_io_types=True)``;
+- q8 / uint8 / int8: ``quantize_dynamic`` (MatMulInteger + DynamicQuantizeLinear) of the layer matmuls;
+  q8 is per-tensor uint8 (the transformers.js ``_quantized`` file), uint8 is per-channel uint8, int8
+  per-channel int8. The tied embedding stays fp32 and is stored once (the lm_head Gemm is excluded,
+  otherwise the quantizer would store a second, transposed copy);
+- q4 / q2: ``MatMulNBitsQuantizer`` (block 32) for the layer matmuls, and the **tied embedding** quantized
+  once by :func:`_quantize_blockwise` and shared by the lm_head (``MatMulNBits``, weight [V, K/32, packed])
+  and the token lookup (``GatherBlockQuantized``); q4f16 = fp16 after q4;
+- bnb4: ``MatMulBnb4Quantizer`` (NF4, block 64) for the layer matmuls; the tied table is NF4-quantized
+  once, shared by an lm_head ``MatMulBnb4`` and a lookup decoded with standard ops (Gather of the packed
+  rows, nibble unpacking, NF4 codebook Gather, absmax scaling).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..dtypes import get_dtype
+
+#: the dtypes this toolchain builds, in build order.
+SUPPORTED = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2")
+BLOCK = 32
+BNB_BLOCK = 64
+MS = "com.microsoft"
+
+
+def check_dtypes(names) -> list[str]:
+    out = []
+    for n in names:
+        get_dtype(n)  # unknown names: ValueError listing the registry
+        if n not in SUPPORTED:
+            raise ValueError(f"the toolchain cannot build dtype {n!r}; it builds: {', '.join(SUPPORTED)}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _quiet():
+    for name in ("onnxruntime", "onnxruntime.quantization", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------- blockwise (MatMulNBits layout)
+
+def _quantize_blockwise(w: np.ndarray, bits: int, block: int = BLOCK):
+    """Asymmetric min/max quantization of ``w`` [N, K] along K in blocks.
+
+    Returns (packed uint8 [N, K/block, block*bits/8], scales float32 [N, K/block],
+    zero_points uint8 [N, ceil(K/block*bits/8)], dequantized float32 [N, K]) in the MatMulNBits layout
+    (lowest bits first); GatherBlockQuantized reads the same bytes reshaped to [N, K*bits/8].
+    """
+    n, k = w.shape
+    if k % block:
+        raise ValueError(f"hidden size {k} is not a multiple of the quantization block {block}")
+    nb = k // block
+    qmax = (1 << bits) - 1
+    wb = w.reshape(n, nb, block).astype(np.float32)
+    mn = np.minimum(wb.min(-1), 0.0)
+    mx = np.maximum(wb.max(-1), 0.0)
+    scale = (mx - mn) / qmax
+    scale[scale == 0] = 1.0
+    zp = np.clip(np.round(-mn / scale), 0, qmax).astype(np.uint8)
+    q = np.clip(np.round(wb / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
+    per = 8 // bits
+    qq = q.reshape(n, nb, block // per, per)
+    packed = np.zeros((n, nb, block // per), np.uint8)
+    for j in range(per):
+        packed |= (qq[..., j] << (bits * j)).astype(np.uint8)
+    zpk = np.zeros((n, (nb * bits + 7) // 8), np.uint8)
+    for b in range(nb):
+        zpk[:, (b * bits) // 8] |= (zp[:, b] << ((b * bits) % 8)).astype(np.uint8)
+    deq = ((q.astype(np.float32) - zp[..., None]) * scale[..., None]).reshape(n, k)
+    return packed, scale.astype(np.float32), zpk, deq
+
+
+# NF4 code book (QLoRA), the one MatMulBnb4 uses.
+NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                0.7229568362236023, 1.0], np.float32)
+
+
+def _quantize_nf4(w: np.ndarray, block: int = BNB_BLOCK):
+    """NF4 of ``w`` [N, K] in row-major blocks: (packed uint8 [N*K/2], absmax float32 [N*K/block], deq)."""
+    n, k = w.shape
+    if k % block and block % k:
+        raise ValueError(f"hidden size {k} and the bnb4 block {block}: neither divides the other")
+    flat = w.reshape(-1, block).astype(np.float32)
+    absmax = np.abs(flat).max(-1)
+    absmax[absmax == 0] = 1.0
+    norm = flat / absmax[:, None]
+    codes = np.abs(norm[..., None] - NF4).argmin(-1).astype(np.uint8).reshape(-1)
+    packed = ((codes[0::2] << 4) | codes[1::2]).astype(np.uint8)  # first element in the high nibble
+    deq = (NF4[codes].reshape(-1, block) * absmax[:, None]).reshape(n, k)
+    return packed, absmax.astype(np.float32), deq
+
+
+# --------------------------------------------------------------------------- graph surgery
+
+def _find(m, name):
+    for n in m.graph.node:
+        if n.name == name:
+            return n
+    raise RuntimeError(f"node {name!r} not in graph (was the model exported by webformers?)")
+
+
+def _init(m, name):
+    for t in m.graph.initializer:
+        if t.name == name:
+            return t
+    return None
+
+
+def _lm_head_weight(m) -> str:
+    return _find(m, "lm_head/gemm").input[1]
+
+
+def _token_gather(m, table: str):
+    for n in m.graph.node:
+        if n.op_type == "Gather" and n.input[0] == table and n.input[1] == "input_ids":
+            return n
+    return None
+
+
+def _replace_nodes(m, remove_names, new_nodes):
+    keep = [n for n in m.graph.node if n.name not in remove_names]
+    del m.graph.node[:]
+    m.graph.node.extend(keep + list(new_nodes))
+    _toposort(m)
+
+
+def _toposort(m):
+    g = m.graph
+    avail = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending = list(g.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in avail for i in n.input):
+                ordered.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph has a cycle or a dangling input: " + ", ".join(n.name for n in rest[:5]))
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+
+
+def _drop_unused_initializers(m):
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+
+
+def _ensure_ms_opset(m):
+    if not any(o.domain == MS for o in m.opset_import):
+        m.opset_import.append(__import__("onnx").helper.make_opsetid(MS, 1))
+
+
+def _tied_nbits(m, bits: int):
+    """Quantize the lm_head weight once; share it between MatMulNBits (lm_head) and the lookup."""
+    from onnx import helper, numpy_helper
+
+    wname = _lm_head_weight(m)
+    w = numpy_helper.to_array(_init(m, wname))
+    v, k = w.shape
+    packed, scale, zp, _ = _quantize_blockwise(w, bits)
+    p = f"{wname}_q{bits}"
+    m.graph.initializer.extend([
+        numpy_helper.from_array(packed, p + "/B"), numpy_helper.from_array(scale, p + "/scales"),
+        numpy_helper.from_array(zp, p + "/zero_points"),
+        numpy_helper.from_array(np.array([v, k * bits // 8], np.int64), p + "/rows_shape")])
+    nodes = [helper.make_node("MatMulNBits", ["lm_head/kept", p + "/B", p + "/scales", p + "/zero_points"],
+                              ["logits"], domain=MS, K=k, N=v, bits=bits, block_size=BLOCK, name="lm_head/matmul")]
+    remove = {"lm_head/flat", "lm_head/gemm", "lm_head/logits"}
+    gather = _token_gather(m, wname)
+    if gather is not None:  # tied: the lookup reads the same bytes
+        remove.add(gather.name)
+        nodes += [
+            helper.make_node("Reshape", [p + "/B", p + "/rows_shape"], [p + "/rows"], name=p + "/rows"),
+            helper.make_node("GatherBlockQuantized", [p + "/rows", "input_ids", p + "/scales", p + "/zero_points"],
+                             list(gather.output), domain=MS, bits=bits, block_size=BLOCK, gather_axis=0,
+                             quantize_axis=1, name="embed_tokens/gather_q")]
+    _replace_nodes(m, remove, nodes)
+    _ensure_ms_opset(m)
+    _drop_unused_initializers(m)
+
+
+def _tied_bnb4(m):
+    """NF4 lm_head (MatMulBnb4) sharing its table with a standard-op NF4 lookup."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    wname = _lm_head_weight(m)
+    w = numpy_helper.to_array(_init(m, wname))
+    v, k = w.shape
+    packed, absmax, _ = _quantize_nf4(w)
+    p = f"{wname}_nf4"
+    if k % BNB_BLOCK == 0:  # whole blocks per row
+        nbk, blk, rows_per_block = k // BNB_BLOCK, BNB_BLOCK, 1
+    else:  # one block spans several rows (tiny models)
+        nbk, blk, rows_per_block = 1, k, BNB_BLOCK // k
+    m.graph.initializer.extend([
+        numpy_helper.from_array(packed, p + "/B"), numpy_helper.from_array(absmax, p + "/absmax"),
+        numpy_helper.from_array(np.array([v, k // 2], np.int64), p + "/rows_shape"),
+        numpy_helper.from_array(np.array([v // rows_per_block, nbk], np.int64), p + "/absmax_shape"),
+        numpy_helper.from_array(np.array(rows_per_block, np.int64), p + "/rows_per_block"),
+        numpy_helper.from_array(NF4, p + "/codebook"),
+        numpy_helper.from_array(np.array(4, np.uint8), p + "/four"),
+        numpy_helper.from_array(np.array(15, np.uint8), p + "/mask"),
+        numpy_helper.from_array(np.array([-1], np.int64), p + "/last"),
+        numpy_helper.from_array(np.array([0, 0, nbk, blk], np.int64), p + "/blocks_shape"),
+        numpy_helper.from_array(np.array([0, 0, k], np.int64), p + "/out_shape"),
+    ])
+    nodes = [helper.make_node("MatMulBnb4", ["lm_head/kept", p + "/B", p + "/absmax"], ["logits"], domain=MS,
+                              K=k, N=v, block_size=BNB_BLOCK, quant_type=1, name="lm_head/matmul")]
+    remove = {"lm_head/flat", "lm_head/gemm", "lm_head/logits"}
+    gather = _token_gather(m, wname)
+    if gather is not None:
+        remove.add(gather.name)
+        q = p + "/lookup"
+        mk = helper.make_node
+        block_ids = "input_ids"
+        if rows_per_block > 1:
+            block_ids = q + "/block_ids"
+            nodes.append(mk("Div", ["input_ids", p + "/rows_per_block"], [block_ids], name=q + "/block_ids"))
+        nodes += [
+            mk("Reshape", [p + "/B", p + "/rows_shape"], [q + "/rows"], name=q + "/rows"),
+            mk("Reshape", [p + "/absmax", p + "/absmax_shape"], [q + "/absmax_rows"], name=q + "/absmax_rows"),
+            mk("Gather", [q + "/rows", "input_ids"], [q + "/bytes"], axis=0, name=q + "/bytes"),
+            mk("BitShift", [q + "/bytes", p + "/four"], [q + "/hi"], direction="RIGHT", name=q + "/hi"),
+            mk("BitwiseAnd", [q + "/bytes", p + "/mask"], [q + "/lo"], name=q + "/lo"),
+            mk("Unsqueeze", [q + "/hi", p + "/last"], [q + "/hi1"], name=q + "/hi1"),
+            mk("Unsqueeze", [q + "/lo", p + "/last"], [q + "/lo1"], name=q + "/lo1"),
+            mk("Concat", [q + "/hi1", q + "/lo1"], [q + "/pairs"], axis=-1, name=q + "/pairs"),
+            mk("Cast", [q + "/pairs"], [q + "/codes"], to=TensorProto.INT32, name=q + "/codes"),
+            mk("Gather", [p + "/codebook", q + "/codes"], [q + "/values"], axis=0, name=q + "/values"),
+            mk("Reshape", [q + "/values", p + "/blocks_shape"], [q + "/blocks"], name=q + "/blocks"),
+            mk("Gather", [q + "/absmax_rows", block_ids], [q + "/absmax"], axis=0, name=q + "/absmax"),
+            mk("Unsqueeze", [q + "/absmax", p + "/last"], [q + "/absmax1"], name=q + "/absmax1"),
+            mk("Mul", [q + "/blocks", q + "/absmax1"], [q + "/scaled"], name=q + "/scaled"),
+            mk("Reshape", [q + "/scaled", p + "/out_shape"], list(gather.output), name=q + "/out"),
+        ]
+    _replace_nodes(m, remove, nodes)
+    _ensure_ms_opset(m)
+    _drop_unused_initializers(m)
+
+
+# --------------------------------------------------------------------------- variants
+
+def _fp16(m):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    return convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=True)
+
+
+def _dynamic(m, weight_type: str, per_channel: bool):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as td:
+        src, dst = Path(td) / "in.onnx", Path(td) / "out.onnx"
+        onnx.save_model(m, str(src))
+        quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type),
+                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"MatMulConstBOnly": True})
+        q = onnx.load(str(dst))
+    _tied_8bit_lookup(q)
+    return q
+
+
+def _tied_8bit_lookup(m):
+    """After quantize_dynamic: the lm_head reads an 8-bit transposed copy [K, V] of the tied table; make the
+    token lookup decode rows from that copy too (Gather on axis 1 + DequantizeLinear by hand) so the fp32
+    table disappears from the file."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    mm = next((n for n in m.graph.node if n.op_type == "MatMulInteger" and n.name.startswith("lm_head/")), None)
+    if mm is None:
+        return
+    bq, bzp = mm.input[1], mm.input[3]
+    table = bq[: -len("_Transposed_quantized")] if bq.endswith("_Transposed_quantized") else None
+    gather = _token_gather(m, table) if table else None
+    scale = bq[: -len("_quantized")] + "_scale"
+    if gather is None or _init(m, scale) is None:
+        return
+    per_row = len(_init(m, scale).dims) > 0
+    q, mk = "embed_tokens/q8", helper.make_node
+    m.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), q + "/last"))
+    nodes = [mk("Gather", [bq, "input_ids"], [q + "/cols"], axis=1, name=q + "/cols"),
+             mk("Transpose", [q + "/cols"], [q + "/rows"], perm=[1, 2, 0], name=q + "/rows"),
+             mk("Cast", [q + "/rows"], [q + "/rows_f"], to=TensorProto.FLOAT, name=q + "/rows_f"),
+             mk("Cast", [bzp], [q + "/zp_f"], to=TensorProto.FLOAT, name=q + "/zp_f")]
+    zp, sc = q + "/zp_f", scale
+    if per_row:
+        nodes += [mk("Gather", [q + "/zp_f", "input_ids"], [q + "/zp_g"], axis=0, name=q + "/zp_g"),
+                  mk("Unsqueeze", [q + "/zp_g", q + "/last"], [q + "/zp_row"], name=q + "/zp_row"),
+                  mk("Gather", [scale, "input_ids"], [q + "/sc_g"], axis=0, name=q + "/sc_g"),
+                  mk("Unsqueeze", [q + "/sc_g", q + "/last"], [q + "/sc_row"], name=q + "/sc_row")]
+        zp, sc = q + "/zp_row", q + "/sc_row"
+    nodes += [mk("Sub", [q + "/rows_f", zp], [q + "/centered"], name=q + "/centered"),
+              mk("Mul", [q + "/centered", sc], list(gather.output), name=q + "/out")]
+    _replace_nodes(m, {gather.name}, nodes)
+    _drop_unused_initializers(m)
+
+
+def _nbits_layers(m, bits: int):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(m, bits=bits, block_size=BLOCK, is_symmetric=False, accuracy_level=None)
+    q.process()
+    return q.model.model
+
+
+def _bnb4_layers(m):
+    from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
+
+    q = MatMulBnb4Quantizer(m, quant_type=MatMulBnb4Quantizer.NF4, block_size=BNB_BLOCK)
+    q.process()
+    return q.model.model
+
+
+def make_variant(fp32_model, dtype: str):
+    """A new ``onnx.ModelProto`` of ``dtype`` built from the fp32 model (which is left untouched)."""
+    import copy
+
+    _quiet()
+    m = copy.deepcopy(fp32_model)
+    if dtype == "fp32":
+        return m
+    if dtype == "fp16":
+        return _fp16(m)
+    if dtype == "q8":
+        return _dynamic(m, "QUInt8", per_channel=False)
+    if dtype == "uint8":
+        return _dynamic(m, "QUInt8", per_channel=True)
+    if dtype == "int8":
+        return _dynamic(m, "QInt8", per_channel=True)
+    if dtype in ("q4", "q4f16", "q2"):
+        bits = 2 if dtype == "q2" else 4
+        _tied_nbits(m, bits)
+        m = _nbits_layers(m, bits)
+        return _fp16(m) if dtype == "q4f16" else m
+    if dtype == "bnb4":
+        _tied_bnb4(m)
+        return _bnb4_layers(m)
+    raise ValueError(f"the toolchain cannot build dtype {dtype!r}; it builds: {', '.join(SUPPORTED)}")
