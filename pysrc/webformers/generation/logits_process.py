@@ -26,8 +26,9 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     """Softmax over the last axis in float64 (``-inf`` entries get probability 0)."""
     s = np.asarray(scores, dtype=np.float64)
     m = np.max(s, axis=-1, keepdims=True)
-    e = np.exp(s - m)
-    return e / np.sum(e, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.exp(s - m)
+        return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def _2d(a, name):

@@ -54,6 +54,17 @@ class IncrementalDecoder:
         self.read_offset = len(self.ids)
         return piece
 
+    def flush(self) -> str:
+        """At the end of the stream: the held-back text of an incomplete character, as decoded."""
+        if self.read_offset >= len(self.ids):
+            return ""
+        dec = self.tokenizer.decode
+        prefix_text = dec(self.ids[self.prefix_offset:self.read_offset],
+                          skip_special_tokens=self.skip_special_tokens) if self.read_offset > self.prefix_offset else ""
+        new_text = dec(self.ids[self.prefix_offset:], skip_special_tokens=self.skip_special_tokens)
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return new_text[len(prefix_text):]
+
 
 def make_stream_decoder(tokenizer, skip_special_tokens: bool = True):
     """The tokenizer's own incremental decoder when it has one, else ``IncrementalDecoder``.
@@ -79,6 +90,10 @@ class _Adapter:
     def step(self, token_id: int) -> str:
         out = self.dec.step(int(token_id))
         return out or ""
+
+    def flush(self) -> str:
+        f = getattr(self.dec, "flush", None)
+        return (f() or "") if callable(f) else ""
 
 
 def _ids_of(value) -> list[int]:
@@ -170,6 +185,12 @@ class TextStreamer(BaseStreamer):
             self._emit(ready, False)
 
     def end(self) -> None:
+        tail = self._decoder.flush()
+        if tail:
+            if self._in_generation:
+                self._push(tail)
+            else:
+                self._emit(tail, False)
         rest = "" if self._stopped else self._pending
         self._pending = ""
         self._emit(rest, True)
