@@ -37,7 +37,10 @@ async def open_repo(model, *, revision="main", host=None, progress_callback=None
 
 
 async def _optional_json(repo, name):
-    """A repo JSON file that may be absent: {} when the repo does not list it."""
+    """A repo JSON file that may be absent: {} when the repo does not have it."""
+    opt = getattr(repo, "optional_json", None)
+    if callable(opt):
+        return (await opt(name)) or {}
     has = getattr(repo, "has", None)
     if callable(has):
         present = has(name)
