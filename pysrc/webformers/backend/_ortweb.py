@@ -65,10 +65,9 @@ async def to_numpy(tensor) -> np.ndarray:
 
 
 def release(value) -> None:
-    if isinstance(value, JsProxy):
-        if str(value.location) == "gpu-buffer":
-            value.dispose()
-        value.destroy()
+    """Free a backend tensor now: GPU buffers are disposed; CPU tensors are left to the JS GC."""
+    if isinstance(value, JsProxy) and str(value.location) == "gpu-buffer":
+        value.dispose()
 
 
 class Session:
@@ -80,16 +79,12 @@ class Session:
 
     async def run(self, feeds: dict, fetch=None) -> dict:
         js_feeds = js.Object.new()
-        made = []
         for name, value in feeds.items():
             if not isinstance(value, JsProxy):
                 value = to_tensor(value)
-                made.append(value)
             setattr(js_feeds, name, value)
         async with _queue:
             res = await self._s.run(js_feeds)
-        for t in made:
-            t.destroy()
         out = {}
         for name in self.output_names:
             t = getattr(res, name)
@@ -98,8 +93,6 @@ class Session:
                 release(t)
             else:
                 out[name] = t
-        res.destroy()
-        js_feeds.destroy()
         return out
 
     def dispose(self) -> None:

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""webformers project commands: setup, build, serve, test, generate, bench.
+
+    python3 build.py serve      # set up, build dist/site and serve the demo (prints the URL)
+    python3 build.py test       # set up, build and run the test suite (what CI runs)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+APT_PACKAGES = ["chromium", "chromium-driver", "espeak-ng", "sox"]
+
+
+def log(msg):
+    print(f"[setup] {msg}", flush=True)
+
+
+def _stamp_ok(name: str, key: str) -> bool:
+    p = ROOT / "dist" / ".stamps" / f"{name}.json"
+    return p.exists() and json.loads(p.read_text()).get("key") == key
+
+
+def _stamp(name: str, key: str):
+    p = ROOT / "dist" / ".stamps" / f"{name}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"key": key}))
+
+
+def _key(*files) -> str:
+    h = hashlib.sha256(sys.executable.encode())
+    for f in files:
+        h.update((ROOT / f).read_bytes())
+    return h.hexdigest()
+
+
+def setup(args=None):
+    """Install what the project needs: apt packages (Chromium), Python deps, npm deps."""
+    missing = [p for p in APT_PACKAGES if not shutil.which(
+        {"chromium-driver": "chromedriver", "espeak-ng": "espeak-ng"}.get(p, p))]
+    if missing:
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+        if os.geteuid() == 0:
+            log(f"installing Debian packages: {' '.join(missing)}")
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(cmd + ["-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        else:
+            sys.exit(f"missing Debian packages; run as root: sudo {' '.join(cmd)}")
+    key = _key("pyproject.toml")
+    if not _stamp_ok("setup-python", key):
+        log("installing Python dependencies (pip install -e '.[test]')")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-e", f"{ROOT}[test]"], check=True)
+        _stamp("setup-python", key)
+    key = _key("package.json", "package-lock.json")
+    if not _stamp_ok("setup-npm", key) or not (ROOT / "node_modules").exists():
+        log("installing npm packages (npm ci)")
+        subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+                       check=True, cwd=ROOT)
+        _stamp("setup-npm", key)
+    log("ok")
+
+
+def build(args=None):
+    sys.path.insert(0, str(ROOT))
+    from buildtools.site import build as build_site
+    build_site(models=not getattr(args, "no_models", False))
+
+
+def serve(args):
+    if not args.no_build:
+        setup()
+        build(args)
+    sys.path.insert(0, str(ROOT))
+    from buildtools.server import serve as start
+    srv = start(ROOT / "dist" / "site", args.port, verbose=args.verbose)
+    print(f"webformers demo: {srv.url}/", flush=True)
+    try:
+        srv.thread.join()
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+def test(args):
+    setup()
+    build(args)
+    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    rc = subprocess.call(cmd, cwd=ROOT)
+    if rc == 5:
+        print("pytest collected no tests", file=sys.stderr)
+    sys.exit(rc)
+
+
+def generate(args):
+    if not args.no_build:
+        setup()
+        build(args)
+    sys.path.insert(0, str(ROOT))
+    from buildtools.headless import generate as run
+    sys.exit(run(args))
+
+
+def bench(args):
+    sys.path.insert(0, str(ROOT))
+    from buildtools.bench import main as run
+    if not args.no_build:
+        setup()
+        build(args)
+    sys.exit(run(args))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="build.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("setup", help="install Debian, Python and npm dependencies")
+    p.set_defaults(fn=setup)
+    p = sub.add_parser("build", help="assemble dist/site (incremental)")
+    p.add_argument("--no-models", action="store_true", help="skip converting the demo models")
+    p.set_defaults(fn=build)
+    p = sub.add_parser("serve", help="set up, build and serve dist/site on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-build", action="store_true", help="serve dist/site as it is")
+    p.add_argument("--no-models", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(fn=serve)
+    p = sub.add_parser("test", help="set up, build and run pytest (extra args go to pytest)")
+    p.add_argument("--no-models", action="store_true")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=test)
+    p = sub.add_parser("generate", help="generate text in the real page (headless Chromium), streamed to stdout")
+    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", default="q4")
+    p.add_argument("--device", default="wasm", choices=["wasm", "webgpu", "auto"])
+    p.add_argument("--prompt", default="What is the capital of France?")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrap the prompt in the model's chat template (default on)")
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--no-models", action="store_true")
+    p.set_defaults(fn=generate)
+    p = sub.add_parser("bench", help="benchmark webformers vs transformers.js and onnxruntime (JSON + table)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="one dtype, one round")
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--no-models", action="store_true")
+    p.set_defaults(fn=bench)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

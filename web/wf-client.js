@@ -1,0 +1,51 @@
+// Page-side client of the webformers worker: boot status, running Python, events.
+export class WebformersClient extends EventTarget {
+  constructor(workerUrl = new URL("./worker.js", import.meta.url)) {
+    super();
+    this.events = [];
+    this.timings = null;
+    this.bootError = null;
+    this._next = 1;
+    this._pending = new Map();
+    this.worker = new Worker(workerUrl, { type: "module" });
+    this.ready = new Promise((resolve, reject) => { this._boot = { resolve, reject }; });
+    this.ready.catch(() => {});
+    this.worker.onmessage = (ev) => this._onMessage(ev.data);
+    this.worker.onerror = (ev) => {
+      const message = `worker failed to start: ${ev.message || "script error"} (${ev.filename || "worker.js"})`;
+      this.bootError = message;
+      this._boot.reject(new Error(message));
+      this.dispatchEvent(new CustomEvent("boot-error", { detail: message }));
+    };
+  }
+
+  _onMessage(msg) {
+    if (msg.type === "boot") {
+      this.timings = msg.timings;
+      this._boot.resolve(msg.timings);
+      this.dispatchEvent(new CustomEvent("boot", { detail: msg.timings }));
+    } else if (msg.type === "boot-error") {
+      this.bootError = msg.message;
+      this._boot.reject(new Error(msg.message));
+      this.dispatchEvent(new CustomEvent("boot-error", { detail: msg.message }));
+    } else if (msg.type === "event") {
+      this.events.push(msg.event);
+      this.dispatchEvent(new CustomEvent("wf-event", { detail: msg.event }));
+    } else if (msg.type === "result") {
+      const p = this._pending.get(msg.id);
+      this._pending.delete(msg.id);
+      if (p) msg.ok ? p.resolve(msg.value) : p.reject(new Error(msg.error));
+    }
+  }
+
+  /** Run Python in the worker (top-level await allowed); resolves to the last expression's value. */
+  runPython(code) {
+    const id = this._next++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, type: "run", code });
+    });
+  }
+
+  cancel() { this.worker.postMessage({ type: "cancel" }); }
+}
