@@ -1,0 +1,31 @@
+"""The desktop model toolchain: convert (HF dir / GGUF → ONNX with KV cache), quantize (every dtype of
+``webformers.dtypes`` the toolchain builds), manifest, measured quality report and chart.
+
+Public API (imports are lazy: torch/transformers load only when used)::
+
+    convert(src, out, *, dtypes=SUPPORTED, external_data=False, report=True) -> dict
+    build_demo_models(out_root, which=("tiny", "smollm2")) -> {name: Path}
+    reference_greedy(repo_dir, dtype, prompt_ids, n, eos_token_id=None) -> list[int]
+    evaluate_repo(repo_dir, dtypes, ...) -> report dict;  format_table(report) -> str
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "convert": "convert", "ConvertError": "convert", "load_source": "convert",
+    "SUPPORTED_ARCHITECTURES": "convert",
+    "make_variant": "quantize", "SUPPORTED": "quantize",
+    "export_decoder": "export",
+    "evaluate_repo": "evaluate", "reference_greedy": "evaluate", "format_table": "evaluate",
+    "write_chart": "evaluate", "held_out_text": "evaluate", "load_report": "evaluate",
+    "build_demo_models": "demo", "toolchain_fingerprint": "demo",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
