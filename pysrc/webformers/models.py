@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _backend
-from .dtypes import FP16_FEATURE, get_dtype
 from .generation.config import GenerationConfig
 from .generation.utils import GenerationMixin
 
@@ -113,12 +112,14 @@ class CausalLM(GenerationMixin):
                              "build the empty KV cache")
 
     def _kv_dtype(self):
+        """The KV cache element type, as the session declares it (fp16 files converted with
+        ``keep_io_types`` keep a float32 cache; onnx-community's q4f16 files use float16)."""
         types = getattr(self.session, "input_types", None) or {}
         for n, t in types.items():
-            if n.startswith("past_key_values.") and t in _ORT_TYPES:
+            if n.startswith("past_key_values."):
+                if t not in _ORT_TYPES:
+                    raise ValueError(f"unsupported KV cache type {t} for {n}; supported: {', '.join(_ORT_TYPES)}")
                 return np.dtype(_ORT_TYPES[t])
-        if self.dtype is not None and FP16_FEATURE in get_dtype(self.dtype).requires:
-            return np.dtype(np.float16)
         return np.dtype(np.float32)
 
     @property

@@ -76,6 +76,12 @@ class Session:
         self.device = device
         self.input_names = [str(n) for n in js_session.inputNames]
         self.output_names = [str(n) for n in js_session.outputNames]
+        # element types in onnxruntime's spelling ("tensor(float16)"), like the CPython backend
+        self.input_types = {}
+        for md in (getattr(js_session, "inputMetadata", None) or []):
+            if getattr(md, "isTensor", False):
+                t = str(md.type)
+                self.input_types[str(md.name)] = "tensor(float)" if t == "float32" else f"tensor({t})"
 
     async def run(self, feeds: dict, fetch=None) -> dict:
         js_feeds = js.Object.new()
