@@ -140,9 +140,21 @@ def write_repo_files(model, tok, gen, out: Path, *, external_data: bool) -> None
         val = getattr(tok, key, None)
         if isinstance(val, str) and key not in tc:
             tc[key] = val
-    tc.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    for junk in ("is_local", "local_files_only", "backend", "name_or_path", "auto_map"):
+        tc.pop(junk, None)
+    tc["tokenizer_class"] = _tokenizer_class(out / "tokenizer.json")
     tc.setdefault("model_max_length", int(getattr(model.config, "max_position_embeddings", 2048)))
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, sort_keys=True, default=str))
+
+
+def _tokenizer_class(path: Path) -> str:
+    """The class name transformers.js should use: byte-level BPE → GPT2Tokenizer, else the generic fast one."""
+    tj = json.loads(path.read_text())
+    model = (tj.get("model") or {}).get("type")
+    pre = json.dumps(tj.get("pre_tokenizer"))
+    if model == "BPE" and "ByteLevel" in pre:
+        return "GPT2Tokenizer"
+    return "PreTrainedTokenizerFast"
 
 
 def convert(src, out, *, dtypes=SUPPORTED, external_data: bool = False, report: bool = True,

