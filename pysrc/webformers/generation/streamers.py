@@ -67,18 +67,14 @@ class IncrementalDecoder:
 
 
 def make_stream_decoder(tokenizer, skip_special_tokens: bool = True):
-    """The tokenizer's own incremental decoder when it has one, else ``IncrementalDecoder``.
-
-    A tokenizer-provided decoder is used through ``step(token_id) -> str`` (its ``step`` may return
-    None for "nothing yet").
-    """
-    factory = getattr(tokenizer, "decode_stream", None)
+    """The tokenizer's own incremental decoder (``tokenizer.stream_decoder(...)`` with
+    ``put(id) -> str`` / ``end() -> str``, see ``webformers.tokenizers.TokenStreamDecoder``) when it
+    has one, else ``IncrementalDecoder`` over ``tokenizer.decode``. Either way: ``step(id) -> str``
+    and ``flush() -> str``."""
+    factory = getattr(tokenizer, "stream_decoder", None)
     if callable(factory):
-        try:
-            dec = factory(skip_special_tokens=skip_special_tokens)
-        except TypeError:
-            dec = None
-        if dec is not None and callable(getattr(dec, "step", None)):
+        dec = factory(skip_special_tokens=skip_special_tokens)
+        if callable(getattr(dec, "put", None)) and callable(getattr(dec, "end", None)):
             return _Adapter(dec)
     return IncrementalDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
 
@@ -88,12 +84,10 @@ class _Adapter:
         self.dec = dec
 
     def step(self, token_id: int) -> str:
-        out = self.dec.step(int(token_id))
-        return out or ""
+        return self.dec.put(int(token_id)) or ""
 
     def flush(self) -> str:
-        f = getattr(self.dec, "flush", None)
-        return (f() or "") if callable(f) else ""
+        return self.dec.end() or ""
 
 
 def _ids_of(value) -> list[int]:
