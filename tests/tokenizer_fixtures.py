@@ -159,7 +159,10 @@ def train_sentencepiece_bpe(vocab_size: int = 800) -> dict:
                                                                   ("</s>", tok.token_to_id("</s>"))],
     )
     tok.add_tokens(["<|user|>", "<|assistant|>"])
-    return json.loads(tok.to_str())
+    out = json.loads(tok.to_str())
+    # Like Llama/Mistral files: the <0x..> byte tokens live in the model vocab, not among the added tokens.
+    out["added_tokens"] = [t for t in out["added_tokens"] if t["content"] not in set(byte_tokens)]
+    return out
 
 
 def train_metaspace_decoder_bpe(vocab_size: int = 600) -> dict:

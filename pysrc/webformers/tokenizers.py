@@ -324,6 +324,7 @@ def _preds():
         "punct": _char_in("P"),
         "other": _char_in("C"),
         "mn": _char_in("Mn"),
+        "mark": _char_in("M"),
     }
 
 
@@ -496,9 +497,9 @@ def build_normalizer(spec: dict | None):
                 s = s.rstrip(WHITESPACE)
             return s
         return strip
-    if t == "StripAccents":
-        mn = _preds()["mn"]
-        return lambda s: "".join(ch for ch in s if not mn(ch))
+    if t == "StripAccents":  # removes every combining mark (M*), unlike BertNormalizer (Mn only)
+        mark = _preds()["mark"]
+        return lambda s: "".join(ch for ch in s if not mark(ch))
     if t == "Replace":
         kind, pat = _pattern_spec(spec.get("pattern"), "Replace normalizer")
         content = spec.get("content", "")
@@ -846,6 +847,16 @@ def _byte_level_decode(tokens: list[str]) -> list[str]:
     return [buf.decode("utf-8", errors="replace")]
 
 
+def _is_byte_token(t: str) -> bool:
+    if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+        try:
+            int(t[3:5], 16)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
 def _byte_fallback_decode(tokens: list[str]) -> list[str]:
     out: list[str] = []
     pending = bytearray()
@@ -1149,6 +1160,7 @@ class Tokenizer:
         self.pre_tokenizer = build_pre_tokenizer(tokenizer_json.get("pre_tokenizer"))
         self.post_processor = build_post_processor(tokenizer_json.get("post_processor"))
         self.decoder = build_decoder(tokenizer_json.get("decoder"))
+        self.decoder_has_byte_fallback = '"ByteFallback"' in json.dumps(tokenizer_json.get("decoder"))
         self.truncation = tokenizer_json.get("truncation")
 
         self.added_tokens: dict[int, AddedToken] = {}
@@ -1167,7 +1179,10 @@ class Tokenizer:
         self.vocab: dict[str, int] = dict(self.model.vocab)
         self.vocab.update(self.added_tokens_encoder)
         self._id_to_token: dict[int, str] = {i: t for t, i in self.model.vocab.items()}
-        self._id_to_token.update({i: t.content for i, t in self.added_tokens.items()})
+        # HF decodes a normalized added token through its normalized form (e.g. "Hello" -> "\u2581Hello").
+        self._id_to_token.update({i: (self.normalizer(t.content) if t.normalized and self.normalizer else t.content)
+                                  for i, t in self.added_tokens.items()})
+        self._special_ids = frozenset(self.all_special_ids)
 
         self.bos_token = _token_content(cfg.get("bos_token"))
         self.eos_token = _token_content(cfg.get("eos_token"))
@@ -1404,13 +1419,14 @@ class Tokenizer:
     # -- decoding -----------------------------------------------------------------------------------------
     def _ids_to_decoder_tokens(self, ids: Iterable[int], skip_special_tokens: bool) -> list[str]:
         toks = []
-        special = self.special_tokens
+        special = self._special_ids
         get = self._id_to_token.get
         for i in ids:
-            t = get(int(i))
+            i = int(i)
+            t = get(i)
             if t is None:  # out-of-vocabulary ids are skipped, as HF does
                 continue
-            if skip_special_tokens and t in special:
+            if skip_special_tokens and i in special:
                 continue
             toks.append(t)
         return toks
@@ -1489,6 +1505,7 @@ class TokenStreamDecoder:
         self.skip_special_tokens = skip_special_tokens
         self.cleanup = tokenizer.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
             else clean_up_tokenization_spaces
+        self._hold_byte_runs = tokenizer.decoder_has_byte_fallback
         self.reset()
 
     def reset(self) -> None:
@@ -1511,6 +1528,10 @@ class TokenStreamDecoder:
             new_ids = [int(i) for i in token_id]
         self.ids.extend(new_ids)
         self.tokens.extend(self.tokenizer._ids_to_decoder_tokens(new_ids, self.skip_special_tokens))
+        if self._hold_byte_runs and self.tokens and _is_byte_token(self.tokens[-1]):
+            # ByteFallback decodes a run of <0x..> tokens as a whole (all U+FFFD if any byte is invalid),
+            # so a run's text is only final once a non-byte token follows it.
+            return ""
         prefix_text = self._window(self.prefix_offset, self.read_offset)
         new_text = self._window(self.prefix_offset)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd") \
