@@ -595,3 +595,43 @@ def test_tiny_llama_cache_vs_recompute_vs_reference(tiny_repo):
     too_long = [3] * lm.max_position_embeddings
     with pytest.raises(ContextLengthError):
         gen(lm, too_long)
+
+
+def _tiny_tokenizer(repo_dir):
+    import json
+
+    from webformers.tokenizers import Tokenizer
+    cfg = repo_dir / "tokenizer_config.json"
+    return Tokenizer.from_json((repo_dir / "tokenizer.json").read_text(),
+                               json.loads(cfg.read_text()) if cfg.exists() else {})
+
+
+def test_tiny_llama_streaming_and_stop_strings_with_real_tokenizer(tiny_repo):
+    from webformers.pipelines import TextGenerationPipeline
+    tok = _tiny_tokenizer(tiny_repo)
+    # the tokenizer's incremental decoder: multi-byte characters split over byte tokens
+    text = "Héllo wörld 😀 日本語 done"
+    ids = tok.encode(text, add_special_tokens=False)
+    got = []
+    st = TextStreamer(tok, skip_prompt=True, callback_function=got.append)
+    st.put([ids[0]])
+    for t in ids[1:]:
+        st.put([t])
+    st.end()
+    assert "".join(got) == tok.decode(ids[1:], skip_special_tokens=True)
+    assert all("\ufffd" not in g for g in got)
+
+    lm = run(_tiny_lm(tiny_repo))
+    pipe = TextGenerationPipeline(lm, tok)
+    kw = dict(max_new_tokens=20, repetition_penalty=20.0, eos_token_id=None)
+    free = run(pipe("Once upon a time", return_full_text=False, **kw))[0]["generated_text"]
+    words = free.split()
+    assert len(words) >= 6
+    stop = words[3]
+    first = free.find(stop)
+    pieces = []
+    r = run(pipe("Once upon a time", stop_strings=stop, callback_function=pieces.append, **kw))
+    assert r == [{"generated_text": "Once upon a time" + free[:first]}]
+    assert "".join(pieces) == free[:first]
+    assert lm.last_generation_stats["stop_reason"] == "stop_string"
+    assert lm.last_generation_stats["new_tokens"] < 20
