@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +41,6 @@ DTYPES = ("fp32", "fp16", "q4", "q4f16", "q8")
 
 
 def _encoder(rng):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     emb = rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32)
@@ -159,8 +157,8 @@ def _measure(repo: Path, modules, dtypes) -> dict:
 def _quiet():
     import logging
 
-    import onnxruntime.quantization  # noqa: F401  (configures logging on import)
-    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
+    # importing the quantizers configures logging: import first, then quieten
+    from onnxruntime.quantization import matmul_nbits_quantizer, quantize_dynamic  # noqa: F401
     for name in ("onnxruntime", "onnxruntime.quantization", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)

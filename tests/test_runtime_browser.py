@@ -106,6 +106,13 @@ json.dumps({{"dtypes": loaded.dtypes, "device": loaded.device, "files": loaded.f
     assert set(res["files"]) == want and "onnx/decoder_model_merged.onnx_data" in want
     assert {"initiate", "download", "progress", "done", "ready"} <= set(res["statuses"])
     check_outputs(repo_dir, res["out"], "q4", "fp32")
+    # the same events reached the page (js.wfBridge.emit -> worker -> window.wf.events)
+    page_events = page.evaluate("window.wf.events")
+    done = [e for e in page_events if e.get("status") == "done" and e.get("name") == MODEL]
+    assert {e["file"] for e in done} == want and all(e["cached"] is False for e in done)
+    ready = [e for e in page_events if e.get("status") == "ready" and e.get("name") == MODEL]
+    total = sum(man["files"][f]["size"] for f in want)
+    assert ready and ready[-1]["overall"] == {"loaded": total, "total": total}
 
     # second load: zero model-file requests, all from the Cache API
     n = len(page.requests)
@@ -136,13 +143,13 @@ json.dumps({{"out": out, "warnings": loaded.warnings}})
         page.context.unroute("**/*")
 
     # management API: the cached variants with sizes, delete one, storage estimate
-    res = json.loads(run_py(page, f"""
+    res = json.loads(run_py(page, """
 before = await hub.cached_models()
 freed = await hub.delete_cached(MODEL, dtype="q4")
 after = await hub.cached_models()
 est = await hub.storage_estimate()
-json.dumps({{"before": before, "freed": freed, "after": after, "est": est,
-            "persist": await hub.request_persistence()}})
+json.dumps({"before": before, "freed": freed, "after": after, "est": est,
+            "persist": await hub.request_persistence()})
 """))
     (before,) = res["before"]
     assert before["model"] == MODEL
@@ -175,6 +182,8 @@ json.dumps({{"info": info, "dtypes": loaded.dtypes, "device": loaded.device, "ou
     assert any(w.startswith(f"{ENC}: fp16 replaced by fp32") and "shader-f16" in w for w in res["warnings"])
     assert any(w.startswith(f"{DEC}: q4f16 replaced by q4") and "shader-f16" in w for w in res["warnings"])
     assert res["strict"] and "shader-f16" in res["strict"] and "strict=True" in res["strict"]
+    page_warnings = [e["message"] for e in page.evaluate("window.wf.events") if e.get("status") == "warning"]
+    assert any("q4f16 replaced by q4" in w for w in page_warnings)
     # the KV-style output stayed on the GPU (keep_on_device default under WebGPU)
     assert res["out"]["present_location"] == "gpu-buffer"
     check_outputs(repo_dir, res["out"], "fp32", "q4", atol=1e-3)
@@ -291,10 +300,10 @@ json.dumps({{"out": out, "warnings": [e["message"] for e in events if e["status"
 
 
 def test_error_messages_in_python(page, repo_dir):
-    res = json.loads(run_py(page, f"""
-msgs = {{}}
-for key, kw in {{"dtype": dict(dtype="q5"), "device": dict(dtype="q4", device="cuda"),
-                "variant": dict(dtype="bnb4")}}.items():
+    res = json.loads(run_py(page, """
+msgs = {}
+for key, kw in {"dtype": dict(dtype="q5"), "device": dict(dtype="q4", device="cuda"),
+                "variant": dict(dtype="bnb4")}.items():
     try:
         await load(**kw)
         msgs[key] = None

@@ -366,9 +366,13 @@ def test_mapping_loads_exactly_the_expected_files_and_outputs_match(server, repo
         # second load: everything from the cache
         server.log.clear()
         events = []
+
+        async def on_event(e):  # async callbacks are awaited
+            await asyncio.sleep(0)
+            events.append(e)
         repo = await ModelRepo.open(MODEL, host=server.plain)
         await load_sessions(repo, dtype={"encoder_model": "q4", "decoder_model_merged": "fp32"}, device="wasm",
-                            adapter=NO_GPU, progress_callback=events.append)
+                            adapter=NO_GPU, progress_callback=on_event)
         assert [f for f in server.files() if f.startswith("onnx/") and f != "onnx/manifest.json"] == []
         done = [e for e in events if e["status"] == "done"]
         assert len(done) == 3 and all(e["cached"] for e in done)

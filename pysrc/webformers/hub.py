@@ -55,7 +55,7 @@ __all__ = [
 IN_BROWSER = sys.platform == "emscripten"
 if IN_BROWSER:  # pragma: no cover - exercised by the browser tests
     import js  # type: ignore[import-not-found]
-    from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
+    from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
 CACHE_NAME = "webformers-hub-v1"
 META_HEADER = "x-webformers"
@@ -443,12 +443,11 @@ def _meta_of(resp) -> dict | None:  # pragma: no cover
 
 
 _browser_store = None
-_store_error: str | None = None
 
 
 async def _get_store():
     """(store or None, reason it is unavailable)."""
-    global _browser_store, _store_error
+    global _browser_store
     if not IN_BROWSER:
         return _DirStore(cache_dir()), None
     if _browser_store is not None:  # pragma: no cover

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import backend
-from .dtypes import CPU_MATMUL_ON_WEBGPU, DEVICES, DTYPES, check_device, get_dtype
+from .dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
 from .hub import REPORT_PATH, ModelRepo, _Events
 
 __all__ = ["Loaded", "Plan", "load_sessions", "select_dtypes", "default_dtype", "onnx_output_names",
@@ -154,7 +154,7 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
     elif device == "webgpu" and not has_gpu:
         if strict:
             raise ValueError("device='webgpu' but no WebGPU adapter is available (strict=True); "
-                             f"valid devices here: wasm")
+                             "valid devices here: wasm")
         warnings.append("device webgpu replaced by wasm: no WebGPU adapter is available")
         device = "wasm"
 
