@@ -166,6 +166,10 @@ def test_device_auto_and_defaults(repo_dir):
     assert p.device == "wasm" and p.dtypes == {"encoder_model": "q4", "decoder_model_merged": "q8"}
     p = select_dtypes(man, dtype={"encoder_model": "q4"}, device="auto", adapter=NO_F16)
     assert p.device == "webgpu" and p.dtypes == {"encoder_model": "q4", "decoder_model_merged": "fp32"}
+    p = select_dtypes(man, dtype=None, device="auto", adapter=NO_GPU)
+    assert p.device == "wasm" and p.dtypes == {"encoder_model": "q8", "decoder_model_merged": "q8"}
+    p = select_dtypes(man, dtype=None, device="auto", adapter=WITH_F16)
+    assert p.device == "webgpu" and p.dtypes == {"encoder_model": "fp32", "decoder_model_merged": "fp32"}
     p = select_dtypes(man, dtype="q4", device="wasm", adapter=WITH_F16)
     assert p.device == "wasm" and set(p.dtypes.values()) == {"q4"}
     # webgpu asked for without an adapter: wasm + warning; strict raises
@@ -212,7 +216,7 @@ def test_fallback_without_shader_f16_and_strict(server, repo_dir):
     events = []
 
     async def go():
-        repo = await ModelRepo.open(MODEL, host=server.plain)
+        repo = await ModelRepo.open(MODEL, host=server.plain, progress_callback=events.append)
         loaded = await load_sessions(repo, dtype={"encoder_model": "fp16", "decoder_model_merged": "q4f16"},
                                      device="webgpu", adapter=NO_F16, progress_callback=events.append)
         assert loaded.dtypes == {"encoder_model": "fp32", "decoder_model_merged": "q4"}
@@ -220,7 +224,7 @@ def test_fallback_without_shader_f16_and_strict(server, repo_dir):
         warn = [e["message"] for e in events if e["status"] == "warning"]
         assert any("encoder_model: fp16 replaced by fp32" in w and "shader-f16" in w for w in warn)
         assert any("decoder_model_merged: q4f16 replaced by q4" in w and "shader-f16" in w for w in warn)
-        assert loaded.warnings == warn
+        assert loaded.warnings == warn  # each event once, though the callback was given twice
         # the fallback files were loaded, not the fp16 ones
         got = server.files()
         assert got["onnx/encoder_model.onnx"] == 1 and got["onnx/decoder_model_merged_q4.onnx"] == 1
@@ -642,4 +646,23 @@ def test_local_directory_repo(repo_dir, tmp_path):
             await load_sessions(repo, ["encoder_model"], dtype="q8", device="wasm", adapter=NO_GPU)
         with pytest.raises(ValueError, match="no host"):
             await ModelRepo.open("org/not-a-dir")
+    run(go())
+
+
+def test_cancelled_download_does_not_cancel_the_joined_request(server):
+    server.delay = 0.4
+
+    async def go():
+        repo = await ModelRepo.open(MODEL, host=server.plain, use_cache=False)
+        path = onnx_file("encoder_model", "q4")
+        first = asyncio.create_task(repo.file(path))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(repo.file(path))  # joins the first download
+        await asyncio.sleep(0.05)
+        first.cancel()
+        data = await second
+        assert first.cancelled()
+        assert hub.hashlib.sha256(data).hexdigest() == repo.manifest.entry(path)["sha256"]
+        assert server.files()[path] == 2  # the second one had to download it itself
+        assert not hub._inflight
     run(go())

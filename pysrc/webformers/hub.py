@@ -98,7 +98,10 @@ class _Events:
 
     def __init__(self, name: str, callbacks=(), sizes: dict | None = None):
         self.name = name
-        self.callbacks = [c for c in callbacks if c is not None]
+        self.callbacks = []
+        for c in callbacks:  # the same callable given to open() and load_sessions() gets each event once
+            if c is not None and all(c is not d and c != d for d in self.callbacks):
+                self.callbacks.append(c)
         self.sizes = dict(sizes or {})
         self.loaded: dict[str, int] = {}
         self._last_pct: dict[str, int] = {}
@@ -568,7 +571,14 @@ class ModelRepo:
         fut = _inflight.get(url)
         if fut is not None and not fut.done():
             await events.file_event("initiate", path, 0, entry["size"], False)
-            data = await asyncio.shield(fut)
+            try:
+                data = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if fut.cancelled() and not (task and task.cancelling()):
+                    # the load we joined was cancelled, not us: load it ourselves
+                    return await self.file(path, progress_callback=progress_callback, events=events)
+                raise
             await events.file_event("done", path, entry["size"], entry["size"], False)
             return data
         loop = asyncio.get_running_loop()
@@ -576,6 +586,9 @@ class ModelRepo:
         _inflight[url] = fut
         try:
             data = await self._load(path, url, entry, events)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
         except BaseException as e:
             if not fut.done():
                 fut.set_exception(e)

@@ -9,8 +9,8 @@ to make it believe in an adapter, e.g. ``{"webgpu": True, "features": []}`` for 
 
 Dtypes (``webformers.dtypes.DTYPES``):
 
-- a name (``"q4"``) for every module, a mapping ``{module: dtype}`` (values may be ``"auto"``), or
-  ``"auto"``;
+- a name (``"q4"``) for every module, a mapping ``{module: dtype}`` (values may be ``"auto"``),
+  ``"auto"``, or None (every module gets the device default);
 - modules a mapping leaves out get the device default: on wasm ``q8`` when the repo has it, else
   ``fp32`` (as transformers.js does); on WebGPU ``fp32``; when the repo lacks the default, ``"auto"``;
 - ``"auto"``: per module the best-quality dtype that runs natively on the device (no CPU-only matmuls
@@ -158,7 +158,9 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         warnings.append("device webgpu replaced by wasm: no WebGPU adapter is available")
         device = "wasm"
 
-    # requested dtype per module
+    # requested dtype per module (None: every module gets the device default, like an empty mapping)
+    if dtype is None:
+        dtype = {}
     if isinstance(dtype, str):
         if dtype != "auto":
             get_dtype(dtype)
@@ -340,7 +342,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
         adapter = ADAPTER_OVERRIDE if ADAPTER_OVERRIDE is not None else await backend.adapter_info()
     # the report only matters when some module may end up "auto" (a mapping can leave modules out)
     report = None
-    if not isinstance(dtype, str) or dtype == "auto":
+    if not isinstance(dtype, str) or dtype == "auto":  # None / mapping / "auto"
         report = await repo.optional_json(REPORT_PATH)
     plan = select_dtypes(repo.manifest, modules, dtype=dtype, device=device, adapter=adapter, strict=strict,
                          max_bytes=max_bytes, report=report)
