@@ -187,7 +187,8 @@ VENDOR = {"chart.umd.min.js": NODE / "chart.js" / "dist" / "chart.umd.min.js"}
 # transformers.js (bench/interop reference) with the onnxruntime-web wasm build it bundles the JS of.
 _TJS = NODE / "@huggingface" / "transformers"
 VENDOR.update({f"transformers/{f}": (_TJS / "node_modules" / "onnxruntime-web" / "dist" / f) if f.startswith("ort")
-               else _TJS / "dist" / f for f in ("transformers.min.js", "ort-wasm-simd-threaded.asyncify.mjs",
+               else _TJS / "dist" / f for f in ("transformers.min.js", "transformers.web.min.js",
+                                                "ort-wasm-simd-threaded.asyncify.mjs",
                                                 "ort-wasm-simd-threaded.asyncify.wasm")})
 
 

@@ -1,0 +1,392 @@
+// Benchmark page (bench.html) and, when loaded as a module worker, the transformers.js host.
+//
+// Page: one measured run per page load, configured by the query string
+//   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1&max_new_tokens=32
+//    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
+// window.benchResult is set to {ok: true, ...figures} or {ok: false, error} when the run ends.
+// All times are taken on the page's clock (performance.now(), ms since navigation start) for both
+// libraries, each running in its own dedicated worker, so message latency is the same on both sides.
+
+const IS_WORKER = typeof document === "undefined";
+
+// Injected into each worker before any model is loaded: records the WebAssembly memories that get
+// instantiated (ORT's heap is imported when threaded, exported otherwise) and the live / peak bytes
+// of GPU buffers created through WebGPU.
+export const MEMORY_PROBE = `(() => {
+  if (self.__benchMem) return;
+  const mem = self.__benchMem = { memories: [], gpuLive: 0, gpuPeak: 0 };
+  const grab = (obj) => {
+    if (!obj) return;
+    for (const v of Object.values(obj)) {
+      if (v instanceof WebAssembly.Memory && !mem.memories.includes(v)) mem.memories.push(v);
+      else if (v && typeof v === "object" && !(v instanceof WebAssembly.Memory)) {
+        for (const w of Object.values(v)) {
+          if (w instanceof WebAssembly.Memory && !mem.memories.includes(w)) mem.memories.push(w);
+        }
+      }
+    }
+  };
+  for (const fn of ["instantiate", "instantiateStreaming"]) {
+    const orig = WebAssembly[fn];
+    WebAssembly[fn] = async function (source, imports, ...rest) {
+      grab(imports);
+      const r = await orig.call(this, source, imports, ...rest);
+      grab((r.instance || r).exports);
+      return r;
+    };
+  }
+  if (self.GPUDevice) {
+    const create = GPUDevice.prototype.createBuffer;
+    const sizes = new WeakMap();
+    GPUDevice.prototype.createBuffer = function (desc) {
+      const b = create.call(this, desc);
+      sizes.set(b, desc.size);
+      mem.gpuLive += desc.size;
+      mem.gpuPeak = Math.max(mem.gpuPeak, mem.gpuLive);
+      return b;
+    };
+    const destroy = GPUBuffer.prototype.destroy;
+    GPUBuffer.prototype.destroy = function () {
+      const s = sizes.get(this);
+      if (s !== undefined) { mem.gpuLive -= s; sizes.delete(this); }
+      return destroy.call(this);
+    };
+  }
+  self.__benchMemReport = (extra = 0) => ({
+    wasm_bytes: mem.memories.reduce((a, m) => a + m.buffer.byteLength, 0) + extra,
+    wasm_memories: mem.memories.length + (extra ? 1 : 0),
+    gpu_peak_bytes: mem.gpuPeak,
+    gpu_live_bytes: mem.gpuLive,
+    js_heap_bytes: self.performance && performance.memory ? performance.memory.usedJSHeapSize : null,
+  });
+})();`;
+
+// ------------------------------------------------------------------------------------------ worker
+async function workerMain() {
+  (0, eval)(MEMORY_PROBE);
+  const base = new URL("./", import.meta.url);
+  let T = null;
+  let tokenizer = null;
+  let model = null;
+  const post = (m) => self.postMessage(m);
+
+  // ort = "bundled": transformers.js as shipped (its bundle carries the onnxruntime-web JS of the
+  // version it pins, with that version's wasm from vendor/transformers/);
+  // ort = "site": transformers.js's unbundled web build wired to the site's onnxruntime-web (the one
+  // webformers uses), so both libraries run the very same runtime.
+  async function init({ threads, ort }) {
+    let wasmDir;
+    if (ort === "site") {
+      const ortUrl = new URL("ort/ort.webgpu.min.mjs", base).href;
+      const resp = await fetch(new URL("vendor/transformers/transformers.web.min.js", base));
+      if (!resp.ok) throw new Error(`vendor/transformers/transformers.web.min.js: HTTP ${resp.status}`);
+      const src = (await resp.text()).replace(/from\s*"onnxruntime-(web\/webgpu|common)"/g, `from"${ortUrl}"`);
+      if (src.includes('"onnxruntime-')) throw new Error("transformers.web.min.js has an onnxruntime import this page cannot map");
+      const blobUrl = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+      T = await import(blobUrl);
+      wasmDir = "ort/";
+    } else if (ort === "bundled") {
+      T = await import("./vendor/transformers/transformers.min.js");
+      wasmDir = "vendor/transformers/";
+    } else {
+      throw new Error(`ort must be bundled or site, got ${JSON.stringify(ort)}`);
+    }
+    const { env } = T;
+    env.allowRemoteModels = false;
+    env.allowLocalModels = true;
+    // a path, not a URL: transformers.js treats an http(s) URL here as remote and skips it
+    env.localModelPath = new URL("models/", base).pathname;
+    env.useBrowserCache = true;
+    const onnx = env.backends.onnx;
+    onnx.wasm.wasmPaths = {
+      mjs: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.mjs`, base).href,
+      wasm: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.wasm`, base).href,
+    };
+    onnx.wasm.numThreads = threads;
+    onnx.wasm.proxy = false;
+    return { version: env.version, ort: ort,
+             ort_version: onnx.versions ? onnx.versions.web || onnx.versions.common : "" };
+  }
+
+  async function load({ model: id, dtype, device }) {
+    tokenizer = await T.AutoTokenizer.from_pretrained(id);
+    model = await T.AutoModelForCausalLM.from_pretrained(id, { dtype, device });
+    return {};
+  }
+
+  async function generate({ ids, prompt, max_new_tokens }) {
+    if (!ids) ids = Array.from(tokenizer.encode(prompt));
+    const n = ids.length;
+    const input_ids = new T.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]);
+    const attention_mask = new T.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
+    let text = "";
+    const streamer = new T.TextStreamer(tokenizer, {
+      skip_prompt: true,
+      skip_special_tokens: true,
+      callback_function: (t) => { text += t; },
+      token_callback_function: () => post({ type: "token" }),
+    });
+    post({ type: "prompt", n });
+    const out = await model.generate({
+      input_ids, attention_mask, max_new_tokens, min_new_tokens: 0, do_sample: false, streamer,
+    });
+    const all = Array.from(out.data, Number);
+    return { ids: all.slice(n), prompt_ids: ids, text };
+  }
+
+  const handlers = { init, load, generate, memory: async () => self.__benchMemReport() };
+  self.onmessage = async (ev) => {
+    const { id, type, args } = ev.data;
+    try {
+      post({ id, type: "result", ok: true, value: await handlers[type](args || {}) });
+    } catch (e) {
+      post({ id, type: "result", ok: false, error: String(e && e.stack || e) });
+    }
+  };
+  post({ type: "alive" });
+}
+
+// ------------------------------------------------------------------------------------------ page
+const PY_LOAD = (a) => `
+import js, json
+js.eval(${JSON.stringify(MEMORY_PROBE)})
+from webformers import AutoModelForCausalLM, AutoTokenizer
+_a = json.loads(${JSON.stringify(JSON.stringify(a))})
+js.ort.env.wasm.numThreads = _a["threads"]
+bench_tok = await AutoTokenizer.from_pretrained(_a["model"])
+bench_model = await AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"],
+                                                         strict=True)
+{"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings]}
+`;
+
+const PY_GENERATE = (a) => `
+import js, json
+from webformers.generation import TextStreamer
+_a = json.loads(${JSON.stringify(JSON.stringify(a))})
+_ids = _a["ids"] if _a.get("ids") else bench_tok.encode(_a["prompt"])
+
+class _BenchStreamer:
+    """Detokenizes like a TextStreamer and posts one message per generated token."""
+    def __init__(self):
+        self.text = []
+        self.inner = TextStreamer(bench_tok, skip_prompt=True, callback_function=self.text.append)
+        self.prompt_seen = False
+    def put(self, value):
+        self.inner.put(value)
+        if self.prompt_seen:
+            js.wfBridge.emit({"status": "bench-token"})
+        self.prompt_seen = True
+    def end(self):
+        self.inner.end()
+
+_s = _BenchStreamer()
+js.wfBridge.emit({"status": "bench-prompt", "n": len(_ids)})
+_out = await bench_model.generate(list(_ids), max_new_tokens=_a["max_new_tokens"], do_sample=False, streamer=_s)
+_st = dict(bench_model.last_generation_stats or {})
+{"ids": [int(x) for x in _out[0, len(_ids):]], "prompt_ids": [int(x) for x in _ids], "text": "".join(_s.text),
+ "stats": _st}
+`;
+
+const PY_MEMORY = `
+import js, pyodide_js
+dict(js.__benchMemReport(pyodide_js._module.HEAP8.length).to_py())
+`;
+
+class TjsWorker {
+  constructor() {
+    this.worker = new Worker(new URL("./bench.js", import.meta.url), { type: "module" });
+    this.next = 1;
+    this.pending = new Map();
+    this.onToken = null;
+    this.onPrompt = null;
+    this.alive = new Promise((resolve, reject) => {
+      this.worker.onerror = (e) => reject(new Error(`transformers.js worker failed: ${e.message || e}`));
+      this._alive = resolve;
+    });
+    this.worker.onmessage = (ev) => {
+      const m = ev.data;
+      if (m.type === "alive") this._alive();
+      else if (m.type === "token") this.onToken && this.onToken();
+      else if (m.type === "prompt") this.onPrompt && this.onPrompt(m.n);
+      else if (m.type === "result") {
+        const p = this.pending.get(m.id);
+        this.pending.delete(m.id);
+        m.ok ? p.resolve(m.value) : p.reject(new Error(m.error));
+      }
+    };
+  }
+  call(type, args) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, type, args });
+    });
+  }
+}
+
+async function pageMemory() {
+  const out = { js_heap_page_bytes: performance.memory ? performance.memory.usedJSHeapSize : null,
+                uasm_bytes: null };
+  if (self.crossOriginIsolated && performance.measureUserAgentSpecificMemory) {
+    try {
+      const r = await Promise.race([performance.measureUserAgentSpecificMemory(),
+        new Promise((resolve) => setTimeout(() => resolve(null), 15000))]);
+      if (r) out.uasm_bytes = r.bytes;
+    } catch (e) {
+      out.uasm_error = String(e);
+    }
+  }
+  return out;
+}
+
+/** One run: start the library, load the model, generate; returns the figures (ms on the page clock). */
+export async function runBench(cfg, log = () => {}) {
+  const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, threads: cfg.threads,
+              max_new_tokens: cfg.max_new_tokens, cross_origin_isolated: self.crossOriginIsolated };
+  const tokens = [];
+  let tGen = 0;
+  let lib;
+  if (cfg.lib === "webformers") {
+    const { WebformersClient } = await import("./wf-client.js");
+    const wf = new WebformersClient();
+    window.wf = wf;
+    wf.addEventListener("wf-event", (e) => {
+      if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());
+    });
+    log("booting webformers (Pyodide + onnxruntime-web)…");
+    r.boot = await wf.ready;
+    r.page_ready_ms = performance.now();
+    log("loading the model…");
+    const t0 = performance.now();
+    r.loaded = await wf.runPython(PY_LOAD(cfg));
+    r.load_ms = performance.now() - t0;
+    log("generating…");
+    tGen = performance.now();
+    const g = await wf.runPython(PY_GENERATE(cfg));
+    r.gen_ms = performance.now() - tGen;
+    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats });
+    r.memory = await wf.runPython(PY_MEMORY);
+    lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
+  } else if (cfg.lib === "transformers.js") {
+    const w = new TjsWorker();
+    w.onToken = () => tokens.push(performance.now());
+    log("starting transformers.js…");
+    await w.alive;
+    const info = await w.call("init", { threads: cfg.threads, ort: cfg.tjs_ort });
+    r.page_ready_ms = performance.now();
+    log("loading the model…");
+    const t0 = performance.now();
+    await w.call("load", cfg);
+    r.load_ms = performance.now() - t0;
+    log("generating…");
+    tGen = performance.now();
+    const g = await w.call("generate", cfg);
+    r.gen_ms = performance.now() - tGen;
+    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text });
+    r.memory = await w.call("memory");
+    lib = { name: "transformers.js", version: info.version, ort: info.ort, ort_version: info.ort_version };
+  } else {
+    throw new Error(`unknown lib ${JSON.stringify(cfg.lib)}; valid: webformers, transformers.js`);
+  }
+  r.library = lib;
+  Object.assign(r.memory, await pageMemory());
+  r.new_tokens = tokens.length;
+  r.prompt_tokens = r.prompt_ids.length;
+  if (tokens.length) {
+    r.ttft_ms = tokens[0] - tGen;
+    r.page_to_first_token_ms = tokens[0];
+    r.prefill_tokens_per_s = r.prompt_tokens / (r.ttft_ms / 1000);
+  }
+  if (tokens.length > 1) {
+    r.decode_tokens_per_s = (tokens.length - 1) / ((tokens[tokens.length - 1] - tokens[0]) / 1000);
+  }
+  return r;
+}
+
+function parseConfig(params) {
+  const num = (k, d) => {
+    const v = params.get(k);
+    if (v === null || v === "") return d;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${k} must be a positive integer, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const cfg = {
+    lib: params.get("lib"),
+    model: params.get("model") || "HuggingFaceTB/SmolLM2-135M-Instruct",
+    dtype: params.get("dtype") || "q4",
+    device: params.get("device") || "wasm",
+    threads: num("threads", 1),
+    max_new_tokens: num("max_new_tokens", 32),
+    prompt: params.get("prompt") || "Once upon a time",
+    ids: null,
+    tjs_ort: params.get("tjs_ort") || "site",
+  };
+  if (!["webformers", "transformers.js"].includes(cfg.lib)) {
+    throw new Error(`lib must be webformers or transformers.js, got ${JSON.stringify(cfg.lib)}`);
+  }
+  if (!["site", "bundled"].includes(cfg.tjs_ort)) {
+    throw new Error(`tjs_ort must be site or bundled, got ${JSON.stringify(cfg.tjs_ort)}`);
+  }
+  if (!["wasm", "webgpu"].includes(cfg.device)) {
+    throw new Error(`device must be wasm or webgpu, got ${JSON.stringify(cfg.device)}`);
+  }
+  if (params.get("ids")) {
+    cfg.ids = params.get("ids").split(",").map((s) => {
+      const n = Number(s);
+      if (!Number.isInteger(n) || n < 0) throw new Error(`ids must be comma-separated token ids, got ${JSON.stringify(s)}`);
+      return n;
+    });
+  }
+  return cfg;
+}
+
+function showResult(r) {
+  const rows = [
+    ["library", `${r.library.name} ${r.library.version || ""} (onnxruntime-web ${r.library.ort_version})`],
+    ["page ready (ms)", r.page_ready_ms], ["model load (ms)", r.load_ms],
+    ["time to first token (ms)", r.ttft_ms], ["page ready → first token (ms)", r.page_to_first_token_ms],
+    ["prefill tokens/s", r.prefill_tokens_per_s], ["decode tokens/s", r.decode_tokens_per_s],
+    ["new tokens", r.new_tokens], ["WASM memory (MB)", r.memory.wasm_bytes / 1e6],
+  ];
+  const body = document.querySelector("#bench-result tbody");
+  body.replaceChildren(...rows.map(([k, v]) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = k;
+    const td = document.createElement("td");
+    td.textContent = typeof v === "number" ? v.toFixed(1) : String(v ?? "—");
+    tr.append(th, td);
+    return tr;
+  }));
+  document.getElementById("bench-result").hidden = false;
+  document.getElementById("bench-text").textContent = r.text;
+}
+
+async function pageMain() {
+  const params = new URLSearchParams(location.search);
+  const form = document.getElementById("bench-form");
+  for (const [k, v] of params) if (form.elements[k]) form.elements[k].value = v;
+  const status = document.getElementById("bench-status");
+  if (!params.get("lib")) return;
+  let cfg;
+  try {
+    cfg = parseConfig(params);
+    const r = await runBench(cfg, (m) => { status.textContent = m; });
+    status.textContent = "Done.";
+    showResult(r);
+    window.benchResult = { ok: true, ...r };
+  } catch (e) {
+    const msg = String(e && e.message || e);
+    status.textContent = `Failed: ${msg}`;
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = msg;
+    document.getElementById("errors").append(p);
+    window.benchResult = { ok: false, error: msg };
+  }
+}
+
+if (IS_WORKER) workerMain();
+else pageMain();
