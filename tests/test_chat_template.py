@@ -192,3 +192,42 @@ def test_bad_inputs():
         render_chat_template("{{ 1 }}", [])
     with pytest.raises(ChatTemplateError, match="JSON-schema dicts"):
         render_chat_template("{{ 1 }}", [{"role": "user", "content": "x"}], tools=[print])
+
+
+def test_pure_wheels_render_chat_in_clean_interpreter(tmp_path, tokenizers_pair, smollm2_dir):
+    """buildtools.pywheels: jinja2 + pure markupsafe wheels alone (no site-packages, as in Pyodide) render the
+    SmolLM2 chat template and tokenize it exactly like transformers."""
+    import json
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from buildtools.pywheels import build_pure_wheels
+
+    cache = Path.home() / ".cache" / "webformers" / "pywheels"
+    wheels = build_pure_wheels(tmp_path / "wheels", cache)
+    assert [w.name for w in wheels] == ["jinja2-3.1.6-py3-none-any.whl", "markupsafe-3.0.3-py3-none-any.whl"]
+    _, hf = tokenizers_pair
+    conv = CONVERSATIONS[1]
+    want_text = hf.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    want_ids = _hf_ids(hf, conv, add_generation_prompt=True)
+    pysrc = Path(__file__).resolve().parents[1] / "pysrc"
+    code = (
+        "import importlib.util, json, sys\n"
+        "sys.path[:0] = json.loads(sys.argv[1])\n"
+        "from webformers.tokenizers import Tokenizer\n"
+        "tok = Tokenizer.from_directory(sys.argv[2])\n"
+        "conv = json.loads(sys.argv[3])\n"
+        "text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)\n"
+        "ids = tok.apply_chat_template(conv, add_generation_prompt=True)\n"
+        "import markupsafe, jinja2\n"
+        "assert importlib.util.find_spec('markupsafe._speedups') is None\n"
+        "assert importlib.util.find_spec('numpy') is None  # truly no site-packages\n"
+        "print(json.dumps({'text': text, 'ids': ids, 'ms': markupsafe.__file__, 'j2': jinja2.__file__}))\n"
+    )
+    paths = [str(w) for w in wheels] + [str(pysrc)]
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, json.dumps(paths), str(smollm2_dir),
+                           json.dumps(conv)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["text"] == want_text and out["ids"] == want_ids
+    assert out["ms"].startswith(str(wheels[1])) and out["j2"].startswith(str(wheels[0]))
