@@ -107,6 +107,24 @@ def test_trained_parity(trained, name):
     _assert_parity(name, ours, hf, fx.CORPUS + EXTRA + fuzz_strings(250, seed=hash(name) & 0xFFFF))
 
 
+@pytest.mark.parametrize("trunc,pad", [
+    ({"direction": "Right", "max_length": 12, "strategy": "LongestFirst", "stride": 0}, None),
+    ({"direction": "Left", "max_length": 9, "strategy": "LongestFirst", "stride": 0},
+     {"strategy": {"Fixed": 9}, "direction": "Left", "pad_to_multiple_of": None, "pad_id": 0, "pad_type_id": 0,
+      "pad_token": "[PAD]"}),
+    (None, {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": 8, "pad_id": 0,
+            "pad_type_id": 0, "pad_token": "[PAD]"}),
+])
+def test_json_truncation_and_padding(trunc, pad):
+    """truncation/padding stored in tokenizer.json apply to encode(), as in the HF library."""
+    tj = fx.train_wordpiece()
+    tj["truncation"], tj["padding"] = trunc, pad
+    ours, hf = _pair(tj)
+    for text, pair in [("a short one", None), ("x " * 40, None), ("hello world " * 5, "second sentence " * 6),
+                       ("hi", "there")]:
+        assert ours.encode(text, pair) == hf.encode(text, pair).ids, (text, pair)
+
+
 def test_sentencepiece_uses_byte_fallback_and_metaspace(trained):
     ours, hf = trained["sentencepiece_bpe"]
     ids = ours.encode("Emoji 😀 here", add_special_tokens=True)
@@ -380,3 +398,63 @@ def test_encode_speed_2000_tokens(smollm2_dir, smollm2):
     print(f"\n[tokenizer speed] {n_tokens} tokens: load {t_load * 1e3:.0f} ms, "
           f"cold encode {t_cold * 1e3:.1f} ms, warm encode {t_warm * 1e3:.1f} ms")
     assert t_cold < 2.0 and t_warm < 1.0
+
+
+# ------------------------------------------------------------------------------------------- in Pyodide
+
+@pytest.mark.browser
+def test_tokenizer_and_chat_template_in_pyodide(shared_page, server, smollm2_dir, smollm2):
+    """The same files, fetched by the worker: identical ids, decode, streaming and chat template in Pyodide."""
+    from conftest import run_py
+    from transformers import AutoTokenizer as HFAuto
+
+    _, hf = smollm2
+    server.add_root("/fixtures/smollm2_tok/", smollm2_dir)
+    texts = fx.CORPUS + EXTRA + fuzz_strings(40, seed=21)
+    long_text = "\n".join(fx.training_text()[::3][:160])
+    conv = [{"role": "user", "content": "Hi there 😀"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Tell me about 日本."}]
+    code = f"""
+import json, time
+from pyodide.http import pyfetch
+base = {json.dumps(server.url + "/fixtures/smollm2_tok/")}
+files = {{}}
+for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    files[name] = await (await pyfetch(base + name)).string()
+from webformers.tokenizers import Tokenizer, TokenStreamDecoder
+t0 = time.perf_counter()
+tok = Tokenizer.from_json(files["tokenizer.json"], files["tokenizer_config.json"], files["chat_template.jinja"])
+t_load = time.perf_counter() - t0
+texts = json.loads({json.dumps(json.dumps(texts))})
+ids = [tok.encode(x) for x in texts]
+dec = [tok.decode(i) for i in ids]
+streamed = []
+for i in ids:
+    s = TokenStreamDecoder(tok)
+    streamed.append("".join([s.put(x) for x in i]) + s.end())
+long_text = json.loads({json.dumps(json.dumps(long_text))})
+t0 = time.perf_counter(); long_ids = tok.encode(long_text); t_cold = time.perf_counter() - t0
+t0 = time.perf_counter(); tok.encode(long_text); t_warm = time.perf_counter() - t0
+conv = json.loads({json.dumps(json.dumps(conv))})
+chat = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+chat_ids = tok.apply_chat_template(conv, add_generation_prompt=True)
+try:
+    tok.apply_chat_template(conv, chat_template="{{{{ ''.__class__.__mro__ }}}}", tokenize=False)
+    blocked = False
+except Exception as e:
+    blocked = type(e).__name__ + ": " + str(e)
+{{"ids": ids, "dec": dec, "streamed": streamed, "long_ids": long_ids, "chat": chat, "chat_ids": chat_ids,
+  "blocked": blocked, "t_load": t_load, "t_cold": t_cold, "t_warm": t_warm}}
+"""
+    out = run_py(shared_page, code)
+    for text, got_ids, got_dec, got_stream in zip(texts, out["ids"], out["dec"], out["streamed"]):
+        want = hf.encode(text).ids
+        assert got_ids == want, text
+        assert got_dec == hf.decode(want, skip_special_tokens=False) == got_stream, text
+    assert out["long_ids"] == hf.encode(long_text).ids
+    t = HFAuto.from_pretrained(str(smollm2_dir))
+    assert out["chat"] == t.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+    assert out["chat_ids"] == list(t.apply_chat_template(conv, add_generation_prompt=True, return_dict=False))
+    assert out["blocked"] and out["blocked"].startswith("ChatTemplateError") and "unsafe" in out["blocked"]
+    print(f"\n[pyodide tokenizer] {len(out['long_ids'])} tokens: load {out['t_load'] * 1e3:.0f} ms, "
+          f"cold encode {out['t_cold'] * 1e3:.0f} ms, warm {out['t_warm'] * 1e3:.0f} ms")

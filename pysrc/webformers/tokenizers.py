@@ -1162,6 +1162,7 @@ class Tokenizer:
         self.decoder = build_decoder(tokenizer_json.get("decoder"))
         self.decoder_has_byte_fallback = '"ByteFallback"' in json.dumps(tokenizer_json.get("decoder"))
         self.truncation = tokenizer_json.get("truncation")
+        self.padding = tokenizer_json.get("padding")
 
         self.added_tokens: dict[int, AddedToken] = {}
         for d in tokenizer_json.get("added_tokens") or []:
@@ -1319,7 +1320,8 @@ class Tokenizer:
     def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
         """Token ids for ``text`` (and optionally ``text_pair``), like ``tokenizers.Tokenizer.encode(...).ids``.
 
-        Truncation configured in tokenizer.json is applied, as the HF library does.
+        Truncation and padding configured in tokenizer.json are applied, as the HF library does
+        (``__call__`` follows transformers instead: only what its arguments ask for).
         """
         if not isinstance(text, str):
             raise TokenizerError(f"encode() expects a str, got {type(text).__name__}")
@@ -1328,7 +1330,21 @@ class Tokenizer:
         if self.truncation:
             a, b = self._truncate(a, b, int(self.truncation.get("max_length", 512)), add_special_tokens,
                                   self.truncation.get("direction", "Right").lower())
-        return self._post_process(a, b, add_special_tokens)
+        ids = self._post_process(a, b, add_special_tokens)
+        return self._json_padding(ids) if self.padding else ids
+
+    def _json_padding(self, ids: list[int]) -> list[int]:
+        p = self.padding
+        strategy = p.get("strategy")
+        target = strategy["Fixed"] if isinstance(strategy, dict) and "Fixed" in strategy else len(ids)
+        multiple = p.get("pad_to_multiple_of")
+        if multiple and target % multiple:
+            target += multiple - target % multiple
+        k = target - len(ids)
+        if k <= 0:
+            return ids
+        pad = [int(p.get("pad_id", 0))] * k
+        return ids + pad if str(p.get("direction", "Right")).lower() == "right" else pad + ids
 
     def _post_process(self, a, b, add_special_tokens):
         if self.post_processor is None:
