@@ -635,3 +635,42 @@ def test_tiny_llama_streaming_and_stop_strings_with_real_tokenizer(tiny_repo):
     assert "".join(pieces) == free[:first]
     assert lm.last_generation_stats["stop_reason"] == "stop_string"
     assert lm.last_generation_stats["new_tokens"] < 20
+
+
+def test_from_pretrained_and_pipeline_through_the_store(tiny_repo):
+    """AutoModelForCausalLM / AutoTokenizer / pipeline via ModelRepo (a local directory host)."""
+    from webformers.models import AutoModelForCausalLM, AutoTokenizer
+    from webformers.pipelines import pipeline
+    from webformers.toolchain import reference_greedy
+    host = str(tiny_repo.parent.parent)
+    name = "webformers/tiny-random-llama"
+
+    async def go():
+        events = []
+        model = await AutoModelForCausalLM.from_pretrained(name, dtype="q4", device="wasm", host=host,
+                                                           progress_callback=events.append)
+        tok = await AutoTokenizer.from_pretrained(name, host=host)
+        prompt = tok.encode("Once upon a time")
+        out = await model.generate(prompt, max_new_tokens=10, eos_token_id=None)
+        pipe = await pipeline("text-generation", name, dtype="q4", device="wasm", host=host)
+        chat = [{"role": "user", "content": "Hello there"}]
+        kw = dict(max_new_tokens=8, eos_token_id=None, repetition_penalty=20.0)
+        turn1 = await pipe(chat, **kw)
+        msgs = turn1[0]["generated_text"] + [{"role": "user", "content": "And then?"}]
+        turn2 = await pipe(msgs, **kw)
+        stats2 = dict(pipe.model.last_generation_stats)
+        pipe.model.clear_cache()
+        fresh2 = await pipe(msgs, **kw)
+        return model, prompt, out[0].tolist(), events, turn1, turn2, stats2, fresh2
+
+    model, prompt, out, events, turn1, turn2, stats2, fresh2 = run(go())
+    assert model.dtype == "q4" and events
+    assert out[len(prompt):] == list(reference_greedy(tiny_repo, "q4", prompt, 10))[-10:]
+    msgs = turn1[0]["generated_text"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"]
+    assert [m["role"] for m in turn2[0]["generated_text"]] == ["user", "assistant", "user", "assistant"]
+    assert turn2 == fresh2
+    # the second turn re-used the first turn's cache when its prompt extends the kept sequence
+    assert stats2["reused_tokens"] > 0 and stats2["reused_tokens"] < stats2["prompt_tokens"]
+    with pytest.raises(ValueError, match="supported tasks: text-generation"):
+        run(pipeline("summarization", name, host=host))

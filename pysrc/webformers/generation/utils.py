@@ -142,6 +142,10 @@ _PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
 def _as_prompt(input_ids) -> list[int]:
+    if isinstance(input_ids, dict):  # apply_chat_template(..., return_dict=True)
+        if "input_ids" not in input_ids:
+            raise TypeError("a dict passed as input_ids must have an 'input_ids' entry")
+        input_ids = input_ids["input_ids"]
     if hasattr(input_ids, "tolist"):
         input_ids = input_ids.tolist()
     if isinstance(input_ids, int):
