@@ -128,7 +128,9 @@ def _build_pure_markupsafe(sdist: Path, out_dir: Path) -> Path:
         for leftover in ("_speedups.c", "_speedups.pyi"):
             (src / "src" / "markupsafe" / leftover).unlink(missing_ok=True)
         dist = Path(tmp) / "dist"
-        env = {**os.environ, "PIP_NO_INPUT": "1"}
+        # reproducible wheel bytes: zip timestamps from the sdist's own mtime instead of "now"
+        epoch = str(int((src / "pyproject.toml").stat().st_mtime))
+        env = {**os.environ, "PIP_NO_INPUT": "1", "SOURCE_DATE_EPOCH": epoch}
         # -I and cwd=tmp: never pick up a project-local "build.py" instead of the pypa "build" module.
         try:  # the local setuptools (>=77 needed by the sdist) avoids any network access
             _run([sys.executable, "-I", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
