@@ -411,7 +411,7 @@ def test_tokenizer_and_chat_template_in_pyodide(shared_page, server, smollm2_dir
     _, hf = smollm2
     server.add_root("/fixtures/smollm2_tok/", smollm2_dir)
     texts = fx.CORPUS + EXTRA + fuzz_strings(40, seed=21)
-    long_text = "\n".join(fx.training_text()[::3][:160])
+    long_text = "\n".join(fx.training_text()[::3][:200])
     conv = [{"role": "user", "content": "Hi there 😀"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Tell me about 日本."}]
     code = f"""
