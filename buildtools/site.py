@@ -253,7 +253,7 @@ def build_models() -> list[dict]:
     from webformers.toolchain import build_demo_models
 
     which = tuple(os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2").split(","))
-    repos = build_demo_models(SITE / "models", which=which)
+    repos = build_demo_models(SITE / "models", which=which, log=log).values()
     models = []
     for repo in repos:
         repo = Path(repo)
