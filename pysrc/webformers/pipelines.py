@@ -13,7 +13,7 @@ from .models import AutoModelForCausalLM, AutoTokenizer, open_repo
 
 __all__ = ["pipeline", "TextGenerationPipeline", "SUPPORTED_TASKS"]
 
-SUPPORTED_TASKS = ("text-generation",)
+SUPPORTED_TASKS = ("text-generation", "automatic-speech-recognition")
 
 
 async def pipeline(task: str, model, *, dtype="auto", device="auto", revision="main", host=None,
@@ -23,6 +23,11 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision="m
         raise ValueError(f"unknown pipeline task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}")
     if model is None:
         raise ValueError("pipeline needs a model: a repo id like 'webformers/tiny-random-llama'")
+    if task == "automatic-speech-recognition":  # Whisper: webformers.asr (two modules, per-module dtypes)
+        from .asr import AutomaticSpeechRecognitionPipeline
+        return await AutomaticSpeechRecognitionPipeline.from_pretrained(
+            model, dtype=dtype, device=device, revision=revision, host=host,
+            progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)
     repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
     tokenizer = await AutoTokenizer.from_pretrained(repo)
     lm = await AutoModelForCausalLM.from_pretrained(repo, dtype=dtype, device=device,
