@@ -1,0 +1,297 @@
+"""The demo page's Python entry points. The page (``web/app.js``) calls these in the worker through
+``WebformersClient.runPython``; everything here composes the library (``pipeline``, ``hub``, ``dtypes``,
+``loading``), keeping the loaded pipeline in module state.
+
+    await webapp.environment()                     -> adapter, devices, dtype registry
+    await webapp.model_info(model_id, device)       -> per-module dtype options: bytes, quality, native?
+    await webapp.load(model_id, dtype, device, max_bytes=None) -> what was loaded (dtypes, device, ms)
+    await webapp.chat(messages, settings)           -> reply + TTFT / tokens/s (text streamed as events)
+    await webapp.generate_ids(prompt_ids, max_new_tokens, **settings) -> new token ids (greedy checks)
+    webapp.reset_conversation()                      -> drops the kept KV cache
+    await webapp.cache_list()                        -> cached models/variants + storage estimate
+    await webapp.cache_delete(model_id, dtype=None, module=None) -> bytes freed
+    webapp.state()                                   -> the loaded model, or None
+
+Events sent to the page with ``js.wfBridge.emit``: the store's progress/warning events (``status`` in
+initiate/download/progress/done/ready/warning), plus ``{"status": "token", "text"}`` while chatting and
+``{"status": "loaded", ...}`` / ``{"status": "error", "message"}`` from this module.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from . import backend, hub
+from .dtypes import DEVICES, DTYPES, check_device, get_dtype
+from .hub import REPORT_PATH, ModelRepo
+
+__all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
+           "cache_list", "cache_delete", "state", "unload", "dtype_support", "SETTINGS"]
+
+IN_BROWSER = sys.platform == "emscripten"
+
+#: generation settings the page may pass to ``chat`` / ``generate_ids``: name -> (type, min, max).
+SETTINGS = {
+    "max_new_tokens": (int, 1, 4096),
+    "temperature": (float, 0.0, 5.0),
+    "top_k": (int, 0, 100000),
+    "top_p": (float, 0.0, 1.0),
+    "repetition_penalty": (float, 0.5, 5.0),
+    "seed": (int, 0, 2**32 - 1),
+}
+
+_state: dict = {"pipe": None, "model": None, "info": None}
+
+
+def _emit(event: dict) -> None:
+    if IN_BROWSER:  # pragma: no cover - browser only
+        import js  # type: ignore[import-not-found]
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+        js.wfBridge.emit(to_js(event, dict_converter=js.Object.fromEntries))
+
+
+def _cancelled() -> bool:
+    if IN_BROWSER:  # pragma: no cover
+        import js  # type: ignore[import-not-found]
+        return bool(js.wfBridge.isCancelled())
+    return False
+
+
+def _reset_cancel() -> None:
+    if IN_BROWSER:  # pragma: no cover
+        import js  # type: ignore[import-not-found]
+        js.wfBridge.resetCancel()
+
+
+# --------------------------------------------------------------------------------------- environment
+
+async def environment() -> dict:
+    """The adapter (WebGPU features, fallback adapter?), cross-origin isolation, devices and dtypes."""
+    adapter = await backend.adapter_info()
+    return {
+        "adapter": adapter,
+        "backend": backend.backend_name,
+        "devices": list(DEVICES),
+        "dtypes": {n: {"bits": d.bits, "description": d.description, "requires": sorted(d.requires),
+                       "fallback": d.fallback, "native_on": list(d.native_on)} for n, d in DTYPES.items()},
+    }
+
+
+def dtype_support(dtype: str, device: str, adapter: dict) -> dict:
+    """Whether ``dtype`` runs natively on ``device`` with ``adapter``, and if not why / what happens."""
+    d = get_dtype(dtype)
+    check_device(device)
+    if device == "auto":
+        device = "webgpu" if adapter.get("webgpu") else "wasm"
+    if device == "webgpu" and not adapter.get("webgpu"):
+        return {"native": False, "device": "wasm", "reason": "no WebGPU adapter: runs on wasm"}
+    if device not in d.native_on:
+        return {"native": False, "device": device,
+                "reason": f"its matmuls ({', '.join(d.ops[:1]) or 'ops'}) have no {device} kernel: "
+                          f"they run on the CPU inside the {device} session"}
+    if device == "webgpu":
+        missing = d.requires - set(adapter.get("features") or [])
+        if missing:
+            return {"native": False, "device": device,
+                    "reason": f"the adapter lacks {', '.join(sorted(missing))}: loads {d.fallback} instead"}
+    return {"native": True, "device": device, "reason": None}
+
+
+async def model_info(model_id: str, device: str = "auto", host: str | None = None) -> dict:
+    """Per module, every dtype the repo has with its download size, measured quality (from
+    ``quantization_report.json``) and native support on ``device``."""
+    check_device(device)
+    kw = {"host": host} if host else {}
+    repo = await ModelRepo.open(model_id, **kw)
+    report = await repo.optional_json(REPORT_PATH) or {}
+    adapter = await backend.adapter_info()
+    rmods = report.get("modules") or {}
+    modules = {}
+    for module, dtypes in repo.manifest.modules.items():
+        opts = []
+        for name in dtypes:
+            v = repo.manifest.variant(module, name)
+            q = (rmods.get(module) or {}).get(name) or {}
+            opts.append({
+                "dtype": name, "bytes": v["bytes"], "files": list(v["files"]),
+                "bits": get_dtype(name).bits, "description": get_dtype(name).description,
+                "kl": q.get("kl"), "top1": q.get("top1"), "perplexity": q.get("perplexity", q.get("ppl")),
+                "greedy_agreement": q.get("greedy_agreement"), "bits_per_weight": q.get("bits_per_weight"),
+                "ratio": q.get("ratio"),
+                "support": {dev: dtype_support(name, dev, adapter) for dev in DEVICES},
+            })
+        modules[module] = opts
+    return {"model": model_id, "modules": modules, "has_report": bool(rmods),
+            "reference": report.get("reference"), "adapter": adapter}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def unload() -> None:
+    pipe = _state["pipe"]
+    _state.update(pipe=None, model=None, info=None)
+    if pipe is not None:
+        pipe.dispose()
+
+
+def _check_dtype_arg(dtype):
+    if isinstance(dtype, str):
+        if dtype != "auto":
+            get_dtype(dtype)
+        return dtype
+    if isinstance(dtype, dict):
+        for m, d in dtype.items():
+            if d != "auto":
+                try:
+                    get_dtype(d)
+                except ValueError as e:
+                    raise ValueError(f"module {m!r}: {e}") from None
+        return dict(dtype)
+    raise ValueError(f"dtype must be a dtype name, 'auto' or a {{module: dtype}} mapping, got {dtype!r}; "
+                     f"valid dtypes: {', '.join(DTYPES)}")
+
+
+async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int | None = None,
+               host: str | None = None) -> dict:
+    """Load ``model_id`` as a text-generation pipeline (replacing the loaded one). ``dtype`` is a name,
+    ``"auto"`` or ``{module: dtype}``; ``max_bytes`` bounds the download for "auto" choices. Progress
+    and warning events stream to the page; the result says what was loaded and how long it took."""
+    from .pipelines import pipeline
+
+    dtype = _check_dtype_arg(dtype)
+    check_device(device)
+    if max_bytes is not None:
+        if isinstance(max_bytes, float) and max_bytes.is_integer():
+            max_bytes = int(max_bytes)
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
+    unload()
+    t0 = time.perf_counter()
+    kw = {"host": host} if host else {}
+    try:
+        pipe = await pipeline("text-generation", model_id, dtype=dtype, device=device, max_bytes=max_bytes, **kw)
+    except Exception as e:
+        _emit({"status": "error", "message": f"loading {model_id} failed: {e}"})
+        raise
+    ms = (time.perf_counter() - t0) * 1000.0
+    lm = pipe.model
+    info = {"model": model_id, "dtype": lm.dtype, "dtypes": {"model": lm.dtype}, "device": lm.device,
+            "requested": {"dtype": dtype, "device": device, "max_bytes": max_bytes},
+            "warnings": list(lm.warnings), "load_ms": round(ms, 1),
+            "layers": lm.num_layers, "context": lm.max_position_embeddings}
+    _state.update(pipe=pipe, model=model_id, info=info)
+    _emit({"status": "loaded", **{k: v for k, v in info.items() if k != "requested"}})
+    return info
+
+
+def state() -> dict | None:
+    return _state["info"]
+
+
+def _pipe():
+    pipe = _state["pipe"]
+    if pipe is None:
+        raise RuntimeError("no model is loaded: load one first (webapp.load(model_id, dtype, device))")
+    return pipe
+
+
+def _settings(settings: dict | None) -> dict:
+    """Validated generate kwargs from the page's settings (temperature 0 = greedy)."""
+    settings = dict(settings or {})
+    bad = [k for k in settings if k not in SETTINGS]
+    if bad:
+        raise ValueError(f"unknown generation setting(s) {', '.join(bad)}; valid: {', '.join(SETTINGS)}")
+    out = {}
+    for k, v in settings.items():
+        if v is None:
+            continue
+        typ, lo, hi = SETTINGS[k]
+        try:
+            val = typ(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{k} must be a number, got {v!r}") from None
+        if typ is int and float(v) != val:
+            raise ValueError(f"{k} must be a whole number, got {v!r}")
+        if not lo <= val <= hi:
+            raise ValueError(f"{k} must be between {lo} and {hi}, got {v!r}")
+        out[k] = val
+    temp = out.get("temperature")
+    if temp is not None and temp > 0:
+        out["do_sample"] = True
+    else:
+        out.pop("temperature", None)
+        out["do_sample"] = False
+    return out
+
+
+def _stats(lm) -> dict:
+    s = lm.last_generation_stats or {}
+    keep = ("prompt_tokens", "reused_tokens", "new_tokens", "prefill_ms", "ttft_ms", "total_ms", "stop_reason",
+            "tokens_per_s", "decode_tokens_per_s", "step_run_ms_mean", "step_overhead_ms_mean", "device")
+    return {k: s.get(k) for k in keep}
+
+
+async def chat(messages: list, settings: dict | None = None) -> dict:
+    """Answer the chat ``messages`` ([{"role", "content"}], rendered with the model's chat template),
+    streaming each new piece of text as ``{"status": "token", "text"}``. The page's Stop button sets the
+    worker's cancel flag, checked before every model run. Returns the reply and its timing."""
+    pipe = _pipe()
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError("messages must be a non-empty list of {'role': 'system'|'user'|'assistant', "
+                         "'content': str} dicts")
+    kw = _settings(settings)
+    _reset_cancel()
+    n_pieces = 0
+
+    def on_text(text):
+        nonlocal n_pieces
+        n_pieces += 1
+        _emit({"status": "token", "text": text})
+
+    try:
+        out = await pipe([dict(m) for m in messages], return_full_text=False, callback_function=on_text,
+                         cancel=_cancelled, **kw)
+    except Exception as e:
+        _emit({"status": "error", "message": f"generation failed: {e}"})
+        raise
+    finally:
+        _reset_cancel()
+    stats = _stats(pipe.model)
+    _emit({"status": "generated", **stats})
+    return {"text": out[0]["generated_text"], "stats": stats, "pieces": n_pieces}
+
+
+async def generate_ids(prompt_ids: list, max_new_tokens: int = 16, **settings) -> dict:
+    """Generate from token ids (no chat template, EOS ignored): the new ids and the stats."""
+    pipe = _pipe()
+    if not isinstance(prompt_ids, list) or not prompt_ids or not all(isinstance(t, int) for t in prompt_ids):
+        raise ValueError("prompt_ids must be a non-empty list of token ids (ints)")
+    kw = _settings({"max_new_tokens": max_new_tokens, **settings})
+    _reset_cancel()
+    out = await pipe.model.generate(prompt_ids, eos_token_id=None, cancel=_cancelled, reuse_cache=False, **kw)
+    return {"ids": [int(t) for t in out[0].tolist()[len(prompt_ids):]], "stats": _stats(pipe.model),
+            "dtype": pipe.model.dtype, "device": pipe.model.device}
+
+
+def reset_conversation() -> None:
+    """Forget the KV cache kept for the conversation (the page's "Clear conversation")."""
+    pipe = _state["pipe"]
+    if pipe is not None:
+        pipe.model.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+async def cache_list() -> dict:
+    """Cached models with their variants and sizes, and the storage estimate (usage, quota, persisted)."""
+    return {"models": await hub.cached_models(), "storage": await hub.storage_estimate()}
+
+
+async def cache_delete(model_id: str, dtype: str | None = None, module: str | None = None) -> dict:
+    """Delete one cached variant (``dtype``, optionally of one ``module``) or the whole model."""
+    if not model_id or not isinstance(model_id, str):
+        raise ValueError(f"model_id must be a repo id like 'org/name', got {model_id!r}")
+    freed = await hub.delete_cached(model_id, dtype=dtype, module=module)
+    return {"freed": freed, **(await cache_list())}
