@@ -37,22 +37,23 @@ def _prompt(models_root):
     return list(tok.encode("Once upon a time, in a small village"))
 
 
-def _load(host, dtype="fp32"):
+def _load(host, dtype="fp32", device="wasm"):
     return f"""
 import asyncio, json, time
 from webformers import AutoModelForCausalLM, AutoTokenizer
-model = await AutoModelForCausalLM.from_pretrained({MODEL!r}, dtype={dtype!r}, device="wasm", host={host!r})
+model = await AutoModelForCausalLM.from_pretrained({MODEL!r}, dtype={dtype!r}, device={device!r}, host={host!r})
 tok = await AutoTokenizer.from_pretrained({MODEL!r}, host={host!r})
 """
 
 
-def test_greedy_in_page_equals_reference(page_with_models, models_root):
+@pytest.mark.parametrize("dtype,device", [("fp32", "wasm"), ("fp32", "webgpu")])
+def test_greedy_in_page_equals_reference(page_with_models, models_root, dtype, device):
     from webformers.toolchain import reference_greedy
     page, host = page_with_models
     prompt = _prompt(models_root)
-    ref = [int(t) for t in reference_greedy(models_root / MODEL, "fp32", prompt, N_NEW)]
+    ref = [int(t) for t in reference_greedy(models_root / MODEL, dtype, prompt, N_NEW)]
     ref_new = ref[-N_NEW:]
-    res = run_py(page, _load(host) + f"""
+    res = run_py(page, _load(host, dtype, device) + f"""
 prompt = {prompt!r}
 out = await model.generate(prompt, max_new_tokens={N_NEW}, eos_token_id=None)
 s1 = dict(model.last_generation_stats)
@@ -69,8 +70,8 @@ json.dumps({{"out": out[0].tolist(), "full": full[0].tolist(), "reused": reused[
             "reused_tokens": s2["reused_tokens"], "device": model.device, "kv_is_js": kv_is_js}})
 """)
     res = json.loads(res)
-    dump_json("generation_browser_stats.json", res["stats"])
-    assert res["device"] == "wasm" and res["kv_is_js"]
+    dump_json(f"generation_browser_stats_{dtype}_{device}.json", res["stats"])
+    assert res["device"] == device and res["kv_is_js"]
     assert res["out"][:len(prompt)] == prompt
     assert res["out"][len(prompt):] == ref_new
     assert res["full"] == res["out"]
