@@ -134,7 +134,29 @@ async function workerMain() {
     return { ids: all.slice(n), prompt_ids: ids, text };
   }
 
-  const handlers = { init, load, generate, memory: async () => self.__benchMemReport() };
+  // One forward pass the way transformers.js runs a plain model call (it feeds num_logits_to_keep=0,
+  // "all positions", there; generate() feeds 1): logits shape and the argmax of each position.
+  async function forward({ ids }) {
+    const n = ids.length;
+    const input_ids = new T.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]);
+    const attention_mask = new T.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
+    const { logits } = await model({ input_ids, attention_mask });
+    const [, rows, vocab] = logits.dims;
+    const data = logits.data;
+    const argmax = [];
+    for (let r = 0; r < rows; r++) {
+      let best = 0;
+      for (let v = 1; v < vocab; v++) if (data[r * vocab + v] > data[r * vocab + best]) best = v;
+      argmax.push(best);
+    }
+    return { dims: logits.dims, argmax, input_names: model.sessions.model.inputNames };
+  }
+
+  async function encode({ text }) {
+    return Array.from(tokenizer.encode(text));
+  }
+
+  const handlers = { init, load, generate, forward, encode, memory: async () => self.__benchMemReport() };
   self.onmessage = async (ev) => {
     const { id, type, args } = ev.data;
     try {
@@ -265,7 +287,8 @@ export async function runBench(cfg, log = () => {}) {
     const g = await wf.runPython(PY_GENERATE(cfg));
     r.gen_ms = performance.now() - tGen;
     Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats });
-    r.memory = await wf.runPython(PY_MEMORY);
+    r.memory = { ...await wf.runPython(PY_MEMORY), ...await pageMemory() };
+    wf.worker.terminate();
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
   } else if (cfg.lib === "transformers.js") {
     const w = new TjsWorker();
@@ -283,13 +306,13 @@ export async function runBench(cfg, log = () => {}) {
     const g = await w.call("generate", cfg);
     r.gen_ms = performance.now() - tGen;
     Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text });
-    r.memory = await w.call("memory");
+    r.memory = { ...await w.call("memory"), ...await pageMemory() };
+    w.worker.terminate();
     lib = { name: "transformers.js", version: info.version, ort: info.ort, ort_version: info.ort_version };
   } else {
     throw new Error(`unknown lib ${JSON.stringify(cfg.lib)}; valid: webformers, transformers.js`);
   }
   r.library = lib;
-  Object.assign(r.memory, await pageMemory());
   r.new_tokens = tokens.length;
   r.prompt_tokens = r.prompt_ids.length;
   if (tokens.length) {
@@ -369,6 +392,9 @@ async function pageMain() {
   const form = document.getElementById("bench-form");
   for (const [k, v] of params) if (form.elements[k]) form.elements[k].value = v;
   const status = document.getElementById("bench-status");
+  // for tests and the console: run configurations in this page, or drive a transformers.js worker
+  window.runBench = runBench;
+  window.BenchTjsWorker = TjsWorker;
   if (!params.get("lib")) return;
   let cfg;
   try {
