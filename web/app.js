@@ -98,11 +98,11 @@ function showAdapter(a) {
     : "WebGPU (no adapter: falls back to WASM)";
   $("device-select").querySelector('option[value="auto"]').textContent =
     `auto (${a.webgpu ? "WebGPU" : "WASM"})`;
-  $("device-note").textContent = `${gpu}; ${f16 ? f16 + "; " : ""}${coi}.`;
+  $("device-note").textContent = a.webgpu ? `WebGPU ${f16}.` : "No WebGPU adapter: WebGPU loads fall back to WASM.";
   if (a.webgpu && a.isFallbackAdapter) {
     // a software adapter (e.g. SwiftShader) is far slower than WASM: start on WASM, WebGPU stays selectable
     $("device-select").value = "wasm";
-    $("device-note").textContent += " The WebGPU adapter is a software fallback (much slower than WASM), so WASM is preselected.";
+    $("device-note").textContent += " The adapter is a software fallback (much slower than WASM), so WASM is preselected.";
   }
 }
 

@@ -81,8 +81,14 @@ export class ChatView {
     $("chat-log").replaceChildren();
   }
 
+  /** Keep the newest text in view: once per frame, so streaming never forces a synchronous layout. */
   _scroll() {
-    const log = $("chat-log");
-    log.scrollTop = log.scrollHeight;
+    if (this._scrollPending) return;
+    this._scrollPending = true;
+    requestAnimationFrame(() => {
+      this._scrollPending = false;
+      const log = $("chat-log");
+      log.scrollTop = log.scrollHeight;
+    });
   }
 }
