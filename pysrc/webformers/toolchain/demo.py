@@ -29,6 +29,8 @@ TINY_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
                    num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=8192,
                    rms_norm_eps=1e-5, rope_theta=100000.0)
 DEMOS = ("tiny", "smollm2")
+#: the sources a decoder build depends on (other toolchain modules, e.g. whisper.py, do not invalidate it)
+TOOLCHAIN_SOURCES = ("__init__.py", "convert.py", "demo.py", "evaluate.py", "export.py", "quantize.py")
 
 
 def cache_root() -> Path:
@@ -53,7 +55,7 @@ def toolchain_fingerprint() -> str:
 
     pkg = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    files = sorted((pkg / "toolchain").glob("*.py")) + [pkg / "dtypes.py", pkg / "manifest.py"]
+    files = [pkg / "toolchain" / f for f in TOOLCHAIN_SOURCES] + [pkg / "dtypes.py", pkg / "manifest.py"]
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for mod in (onnx, onnxruntime, torch, transformers):

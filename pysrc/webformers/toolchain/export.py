@@ -98,11 +98,24 @@ def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
         tmp = os.path.join(td, "raw.onnx")
         prog.save(tmp, external_data=True)
         m = onnx.load(tmp, load_external_data=True)
+    _strip_metadata(m)
     _rename_dims(m, n_layers)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     lm_head = None if tied else model.lm_head.weight.detach().float().numpy()
     _append_lm_head(m, cfg, lm_head)
     return save_model(m, out_path, external_data=external_data)
+
+
+def _strip_metadata(m):
+    """Drop the exporter's per-node stack traces / doc strings (megabytes on a 30-layer model)."""
+    for n in m.graph.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    for coll in (m.graph.value_info, m.graph.input, m.graph.output, m.graph.initializer):
+        for v in coll:
+            del v.metadata_props[:]
+            v.doc_string = ""
+    del m.graph.value_info[:]
 
 
 def _rename_dims(m, n_layers):

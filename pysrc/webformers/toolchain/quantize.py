@@ -5,9 +5,14 @@
   q8 is per-tensor uint8 (the transformers.js ``_quantized`` file), uint8 is per-channel uint8, int8
   per-channel int8. The tied embedding stays fp32 and is stored once (the lm_head Gemm is excluded,
   otherwise the quantizer would store a second, transposed copy);
-- q4 / q2: ``MatMulNBitsQuantizer`` (block 32) for the layer matmuls, and the **tied embedding** quantized
-  once by :func:`_quantize_blockwise` and shared by the lm_head (``MatMulNBits``, weight [V, K/32, packed])
-  and the token lookup (``GatherBlockQuantized``); q4f16 = fp16 after q4;
+- q4 / q4f16 / q2: layer matmuls → ``MatMulNBits`` (block 32) with min/max blocks and *float* zero points,
+  whose scale / zero point are double-quantized to 8-bit codes (:func:`_nbits_layers_dq`: 4.5 bits per
+  weight for q4; a GGUF Q4_1 weight keeps its grid). ``MatMulNBitsQuantizer``'s integer zero points force
+  each block's range to contain 0, which re-rounds every Q4_1 weight: top-1 agreement on SmolLM2 dropped
+  to ~0.70 that way, versus ~0.98 with the exact grid. The **tied embedding** is quantized once
+  (:func:`_tied_table`: 8-bit symmetric blocks — the Q8_0 grid — for q4/q4f16, 4-bit for q2) and shared by
+  the lm_head (``MatMulNBits``, weight [V, K/32, 32*bits/8]) and the lookup (``GatherBlockQuantized``).
+  q4f16 converts to fp16 first, then quantizes with fp16 scales;
 - bnb4: ``MatMulBnb4Quantizer`` (NF4, block 64) for the layer matmuls; the tied table is NF4-quantized
   once, shared by an lm_head ``MatMulBnb4`` and a lookup decoded with standard ops (Gather of the packed
   rows, nibble unpacking, NF4 codebook Gather, absmax scaling).
@@ -47,7 +52,8 @@ def _quiet():
 
 # --------------------------------------------------------------------------- blockwise (MatMulNBits layout)
 
-def _quantize_blockwise(w: np.ndarray, bits: int, block: int = BLOCK):
+def _quantize_blockwise(w: np.ndarray, bits: int, block: int = BLOCK, float_zero_points: bool = False,
+                        fp16_scales: bool = False):
     """Asymmetric min/max quantization of ``w`` [N, K] along K in blocks.
 
     Returns (packed uint8 [N, K/block, block*bits/8], scales float32 [N, K/block],
@@ -60,17 +66,28 @@ def _quantize_blockwise(w: np.ndarray, bits: int, block: int = BLOCK):
     nb = k // block
     qmax = (1 << bits) - 1
     wb = w.reshape(n, nb, block).astype(np.float32)
-    mn = np.minimum(wb.min(-1), 0.0)
-    mx = np.maximum(wb.max(-1), 0.0)
+    if float_zero_points:  # the exact min/max grid (what GGUF Q4_1 / Q2_K-style blocks use)
+        mn, mx = wb.min(-1), wb.max(-1)
+    else:  # integer zero points: the range must contain 0
+        mn, mx = np.minimum(wb.min(-1), 0.0), np.maximum(wb.max(-1), 0.0)
     scale = (mx - mn) / qmax
     scale[scale == 0] = 1.0
-    zp = np.clip(np.round(-mn / scale), 0, qmax).astype(np.uint8)
-    q = np.clip(np.round(wb / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
+    if fp16_scales:  # quantize against the scale the file will hold
+        scale = scale.astype(np.float16).astype(np.float32)
+    if float_zero_points:
+        zpf = (-mn / scale).astype(np.float32)
+        q = np.clip(np.round((wb - mn[..., None]) / scale[..., None]), 0, qmax).astype(np.uint8)
+    else:
+        zp = np.clip(np.round(-mn / scale), 0, qmax).astype(np.uint8)
+        q = np.clip(np.round(wb / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
     per = 8 // bits
     qq = q.reshape(n, nb, block // per, per)
     packed = np.zeros((n, nb, block // per), np.uint8)
     for j in range(per):
         packed |= (qq[..., j] << (bits * j)).astype(np.uint8)
+    if float_zero_points:
+        deq = ((q.astype(np.float32) - zpf[..., None]) * scale[..., None]).reshape(n, k)
+        return packed, scale.astype(np.float32), zpf, deq
     zpk = np.zeros((n, (nb * bits + 7) // 8), np.uint8)
     for b in range(nb):
         zpk[:, (b * bits) // 8] |= (zp[:, b] << ((b * bits) % 8)).astype(np.uint8)
@@ -166,33 +183,127 @@ def _ensure_ms_opset(m):
         m.opset_import.append(__import__("onnx").helper.make_opsetid(MS, 1))
 
 
-def _tied_nbits(m, bits: int):
-    """Quantize the lm_head weight once; share it between MatMulNBits (lm_head) and the lookup."""
+def _quantize_sym8(w: np.ndarray, block: int = BLOCK):
+    """Symmetric 8-bit blocks (the GGUF Q8_0 grid): (uint8 codes q+128 [N, K/block, block], fp16 scales)."""
+    n, k = w.shape
+    wb = w.reshape(n, k // block, block).astype(np.float32)
+    d = (np.abs(wb).max(-1) / 127.0).astype(np.float16)
+    d[d == 0] = 1.0
+    q = np.clip(np.round(wb / d.astype(np.float32)[..., None]), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8), d
+
+
+def _weight_f32(t):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t).astype(np.float32)
+
+
+def _onnx_float(dtype):
+    from onnx import TensorProto
+
+    return TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+
+
+def _tied_table(m, bits: int, act=np.float32):
+    """Quantize the lm_head weight once and share it between MatMulNBits (lm_head, [V, K/32, 32*bits/8]) and
+    the token lookup (GatherBlockQuantized on the same bytes reshaped to [V, K*bits/8]).
+
+    8 bits: symmetric blocks (the Q8_0 grid, so a GGUF Q8_0 table is kept exactly), default zero point 128.
+    4/2 bits: min/max blocks with integer zero points. Scales are stored as fp16 and cast at load time.
+    """
     from onnx import helper, numpy_helper
 
-    wname = _lm_head_weight(m)
-    w = numpy_helper.to_array(_init(m, wname))
+    head = _find(m, "lm_head/gemm")
+    wname = head.input[1]
+    w = _weight_f32(_init(m, wname))
     v, k = w.shape
-    packed, scale, zp, _ = _quantize_blockwise(w, bits)
     p = f"{wname}_q{bits}"
-    m.graph.initializer.extend([
-        numpy_helper.from_array(packed, p + "/B"), numpy_helper.from_array(scale, p + "/scales"),
-        numpy_helper.from_array(zp, p + "/zero_points"),
-        numpy_helper.from_array(np.array([v, k * bits // 8], np.int64), p + "/rows_shape")])
-    nodes = [helper.make_node("MatMulNBits", ["lm_head/kept", p + "/B", p + "/scales", p + "/zero_points"],
-                              ["logits"], domain=MS, K=k, N=v, bits=bits, block_size=BLOCK, name="lm_head/matmul")]
+    if bits == 8:
+        packed, scale16 = _quantize_sym8(w)
+        zp = None
+    else:
+        packed, scale, zp, _ = _quantize_blockwise(w, bits, fp16_scales=True)
+        scale16 = scale.astype(np.float16)
+    inits = [numpy_helper.from_array(packed, p + "/B"), numpy_helper.from_array(scale16, p + "/scales_fp16"),
+             numpy_helper.from_array(np.array([v, k * bits // 8], np.int64), p + "/rows_shape")]
+    if zp is not None:
+        inits.append(numpy_helper.from_array(zp, p + "/zero_points"))
+    m.graph.initializer.extend(inits)
+    zp_in = [p + "/zero_points"] if zp is not None else []
+    kept = _find(m, "lm_head/flat").input[0]
+    out = _find(m, "lm_head/logits").output[0]
+    nodes = [helper.make_node("Cast", [p + "/scales_fp16"], [p + "/scales"], to=_onnx_float(act), name=p + "/scales"),
+             helper.make_node("MatMulNBits", [kept, p + "/B", p + "/scales", *zp_in], [out], domain=MS,
+                              K=k, N=v, bits=bits, block_size=BLOCK, name="lm_head/matmul")]
     remove = {"lm_head/flat", "lm_head/gemm", "lm_head/logits"}
     gather = _token_gather(m, wname)
     if gather is not None:  # tied: the lookup reads the same bytes
         remove.add(gather.name)
         nodes += [
             helper.make_node("Reshape", [p + "/B", p + "/rows_shape"], [p + "/rows"], name=p + "/rows"),
-            helper.make_node("GatherBlockQuantized", [p + "/rows", "input_ids", p + "/scales", p + "/zero_points"],
+            helper.make_node("GatherBlockQuantized", [p + "/rows", "input_ids", p + "/scales", *zp_in],
                              list(gather.output), domain=MS, bits=bits, block_size=BLOCK, gather_axis=0,
                              quantize_axis=1, name="embed_tokens/gather_q")]
     _replace_nodes(m, remove, nodes)
     _ensure_ms_opset(m)
     _drop_unused_initializers(m)
+
+
+def _code8(x):
+    """8-bit linear codes of ``x`` over its range: (uint8 codes, lo, step)."""
+    lo, hi = float(x.min()), float(x.max())
+    step = (hi - lo) / 255.0 or 1.0
+    return np.clip(np.round((x - lo) / step), 0, 255).astype(np.uint8), lo, step
+
+
+def _nbits_layers_dq(m, bits: int, act=np.float32):
+    """MatMulNBits for every MatMul with a constant [K, N] weight: min/max blocks of 32 with float zero points
+    (so a GGUF Q4_1 weight keeps its exact grid), the per-block scale and zero point double-quantized to
+    8-bit codes (log-domain scale, linear zero point; 0.5 bit per weight) that standard ops decode at load
+    time (onnxruntime folds them into constants)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in m.graph.initializer}
+    new_nodes, remove = [], set()
+    ft = _onnx_float(act)
+    for node in m.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        t = inits[node.input[1]]
+        if len(t.dims) != 2 or t.dims[0] % BLOCK or t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            continue
+        w = _weight_f32(t)
+        k, n = w.shape
+        packed, scale, zpf, _ = _quantize_blockwise(np.ascontiguousarray(w.T), bits, float_zero_points=True)
+        sc, s_lo, s_step = _code8(np.log(scale))
+        zc, z_lo, z_step = _code8(zpf)
+        p = node.input[1] + f"_Q{bits}"
+        m.graph.initializer.extend([
+            numpy_helper.from_array(packed, p), numpy_helper.from_array(sc, p + "/scale_codes"),
+            numpy_helper.from_array(zc, p + "/zp_codes"),
+            numpy_helper.from_array(np.array([s_step, s_lo, z_step, z_lo], np.float32), p + "/dq")])
+        mk = helper.make_node
+        new_nodes += [
+            mk("Split", [p + "/dq"], [p + "/s_step", p + "/s_lo", p + "/z_step", p + "/z_lo"], axis=0,
+               num_outputs=4, name=p + "/dq_split"),
+            mk("Cast", [p + "/scale_codes"], [p + "/sc_f"], to=TensorProto.FLOAT, name=p + "/sc_f"),
+            mk("Mul", [p + "/sc_f", p + "/s_step"], [p + "/sc_m"], name=p + "/sc_m"),
+            mk("Add", [p + "/sc_m", p + "/s_lo"], [p + "/log_scales"], name=p + "/log_scales"),
+            mk("Exp", [p + "/log_scales"], [p + "/scales_f32"], name=p + "/scales_f32"),
+            mk("Cast", [p + "/zp_codes"], [p + "/zc_f"], to=TensorProto.FLOAT, name=p + "/zc_f"),
+            mk("Mul", [p + "/zc_f", p + "/z_step"], [p + "/zc_m"], name=p + "/zc_m"),
+            mk("Add", [p + "/zc_m", p + "/z_lo"], [p + "/zp_f32"], name=p + "/zp_f32"),
+            mk("Cast", [p + "/scales_f32"], [p + "/scales"], to=ft, name=p + "/scales"),
+            mk("Cast", [p + "/zp_f32"], [p + "/zero_points"], to=ft, name=p + "/zero_points"),
+            mk("MatMulNBits", [node.input[0], p, p + "/scales", p + "/zero_points"], list(node.output),
+               domain=MS, K=k, N=n, bits=bits, block_size=BLOCK, name=(node.name or p) + f"_Q{bits}"),
+        ]
+        remove.add(node.name)
+    _replace_nodes(m, remove, new_nodes)
+    _ensure_ms_opset(m)
+    _drop_unused_initializers(m)
+    return m
 
 
 def _tied_bnb4(m):
@@ -311,14 +422,6 @@ def _tied_8bit_lookup(m):
     _drop_unused_initializers(m)
 
 
-def _nbits_layers(m, bits: int):
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    q = MatMulNBitsQuantizer(m, bits=bits, block_size=BLOCK, is_symmetric=False, accuracy_level=None)
-    q.process()
-    return q.model.model
-
-
 def _bnb4_layers(m):
     from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 
@@ -344,11 +447,18 @@ def make_variant(fp32_model, dtype: str):
     if dtype == "int8":
         return _dynamic(m, "QInt8", per_channel=True)
     if dtype in ("q4", "q4f16", "q2"):
-        bits = 2 if dtype == "q2" else 4
-        _tied_nbits(m, bits)
-        m = _nbits_layers(m, bits)
-        return _fp16(m) if dtype == "q4f16" else m
+        act = np.float16 if dtype == "q4f16" else np.float32
+        if dtype == "q4f16":
+            m = _fp16(m)
+        # q4: 8-bit shared table (Q8_0 grid) + 4.5-bit layers; q2: 4-bit table + 2.5-bit layers
+        _tied_table(m, 8 if dtype != "q2" else 4, act)
+        return _nbits_layers_dq(m, 4 if dtype != "q2" else 2, act)
     if dtype == "bnb4":
         _tied_bnb4(m)
         return _bnb4_layers(m)
     raise ValueError(f"the toolchain cannot build dtype {dtype!r}; it builds: {', '.join(SUPPORTED)}")
+
+
+def _nbits_layers(m, bits: int):
+    """The layer quantizer for other modules (e.g. whisper's encoder): :func:`_nbits_layers_dq` in fp32."""
+    return _nbits_layers_dq(m, bits)
