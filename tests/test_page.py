@@ -358,7 +358,9 @@ json.dumps({{"info": info, "out": out}})
         try:
             res = json.loads(run_py(page, code))
         except Exception as e:  # collect, so one failing variant does not hide the others
-            results[d] = {"error": str(e).strip().splitlines()[-1]}
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("at ")]
+            errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+            results[d] = {"error": (errs or lines or [repr(e)])[-1][:500]}
             continue
         loaded = res["info"]["dtype"]
         ref = _reference(model_id, loaded, prompt)

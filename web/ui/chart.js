@@ -22,6 +22,12 @@ function klFloor(opts) {
   const min = pos.length ? Math.min(...pos) : 1e-6;
   return 10 ** Math.floor(Math.log10(min) - 0.5);
 }
+const isDecade = (v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9;
+// log-axis tick labels: only 1, 2 and 5 times a power of ten
+function logTick(v) {
+  const m = v / 10 ** Math.floor(Math.log10(v) + 1e-9);
+  return [1, 2, 5].some((k) => Math.abs(m - k) < 1e-6) ? String(Number(v.toPrecision(2))) : "";
+}
 const COLORS = ["#2f6fdd", "#d9480f", "#2b8a3e", "#862e9c"];
 
 export class QualityChart {
@@ -84,8 +90,9 @@ export class QualityChart {
       options: {
         animation: false, responsive: true, maintainAspectRatio: false,
         scales: {
-          x: { type: "logarithmic", min: xmin, max: xmax, title: { display: true, text: "download size (MB, log)" } },
-          y: { type: this.metric === "kl" ? "logarithmic" : "linear", title: { display: true, text: yTitle } },
+          x: { type: "logarithmic", min: xmin, max: xmax, ticks: { callback: logTick, maxRotation: 0 }, title: { display: true, text: "download size (MB, log)" } },
+          y: { type: this.metric === "kl" ? "logarithmic" : "linear",
+               ticks: this.metric === "kl" ? { callback: (v) => (isDecade(v) ? Number(v).toExponential(0) : "") } : {}, title: { display: true, text: yTitle } },
         },
         plugins: {
           legend: { display: datasets.length > 1 },
