@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SITE = ROOT / "dist" / "site"
+SITE = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist")) / "site"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pysrc"))
 

@@ -29,7 +29,11 @@ export class WebformersClient extends EventTarget {
       this._boot.reject(new Error(msg.message));
       this.dispatchEvent(new CustomEvent("boot-error", { detail: msg.message }));
     } else if (msg.type === "event") {
-      this.events.push(msg.event);
+      // keep load/warning events for inspection; streamed tokens are only dispatched
+      if (msg.event && msg.event.status !== "token") {
+        this.events.push(msg.event);
+        if (this.events.length > 5000) this.events.splice(0, this.events.length - 5000);
+      }
       this.dispatchEvent(new CustomEvent("wf-event", { detail: msg.event }));
     } else if (msg.type === "result") {
       const p = this._pending.get(msg.id);
