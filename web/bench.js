@@ -61,6 +61,18 @@ export const MEMORY_PROBE = `(() => {
   });
 })();`;
 
+// Injected too: times every InferenceSession.run of the given onnxruntime-web module on the worker's
+// clock, so the pure runtime time per step can be told apart from each library's own per-step work.
+export const RUN_PROBE = `(ort) => {
+  if (self.__benchRuns) return;
+  const runs = self.__benchRuns = [];
+  const run = ort.InferenceSession.prototype.run;
+  ort.InferenceSession.prototype.run = async function (...args) {
+    const t0 = performance.now();
+    try { return await run.apply(this, args); } finally { runs.push(performance.now() - t0); }
+  };
+}`;
+
 // ------------------------------------------------------------------------------------------ worker
 async function workerMain() {
   (0, eval)(MEMORY_PROBE);
@@ -84,6 +96,7 @@ async function workerMain() {
       if (src.includes('"onnxruntime-')) throw new Error("transformers.web.min.js has an onnxruntime import this page cannot map");
       const blobUrl = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
       T = await import(blobUrl);
+      (0, eval)(RUN_PROBE)(await import(ortUrl));
       wasmDir = "ort/";
     } else if (ort === "bundled") {
       T = await import("./vendor/transformers/transformers.min.js");
@@ -104,6 +117,7 @@ async function workerMain() {
     };
     onnx.wasm.numThreads = threads;
     onnx.wasm.proxy = false;
+    self.__benchOnnxEnv = onnx;
     return { version: env.version, ort: ort,
              ort_version: onnx.versions ? onnx.versions.web || onnx.versions.common : "" };
   }
@@ -111,10 +125,11 @@ async function workerMain() {
   async function load({ model: id, dtype, device }) {
     tokenizer = await T.AutoTokenizer.from_pretrained(id);
     model = await T.AutoModelForCausalLM.from_pretrained(id, { dtype, device });
-    return {};
+    return { num_threads: self.__benchOnnxEnv.wasm.numThreads };
   }
 
   async function generate({ ids, prompt, max_new_tokens }) {
+    if (self.__benchRuns) self.__benchRuns.length = 0;
     if (!ids) ids = Array.from(tokenizer.encode(prompt));
     const n = ids.length;
     const input_ids = new T.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]);
@@ -131,7 +146,7 @@ async function workerMain() {
       input_ids, attention_mask, max_new_tokens, min_new_tokens: 0, do_sample: false, streamer,
     });
     const all = Array.from(out.data, Number);
-    return { ids: all.slice(n), prompt_ids: ids, text };
+    return { ids: all.slice(n), prompt_ids: ids, text, ort_run_ms: self.__benchRuns ? [...self.__benchRuns] : null };
   }
 
   // One forward pass the way transformers.js runs a plain model call (it feeds num_logits_to_keep=0,
@@ -156,7 +171,8 @@ async function workerMain() {
     return Array.from(tokenizer.encode(text));
   }
 
-  const handlers = { init, load, generate, forward, encode, memory: async () => self.__benchMemReport() };
+  const handlers = { init, load, generate, forward, encode, memory: async () => self.__benchMemReport(),
+                     runs: async () => self.__benchRuns || null };
   self.onmessage = async (ev) => {
     const { id, type, args } = ev.data;
     try {
@@ -175,10 +191,12 @@ js.eval(${JSON.stringify(MEMORY_PROBE)})
 from webformers import AutoModelForCausalLM, AutoTokenizer
 _a = json.loads(${JSON.stringify(JSON.stringify(a))})
 js.ort.env.wasm.numThreads = _a["threads"]
+js.eval(${JSON.stringify(RUN_PROBE)})(js.ort)
 bench_tok = await AutoTokenizer.from_pretrained(_a["model"])
 bench_model = await AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"],
                                                          strict=True)
-{"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings]}
+{"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings],
+ "num_threads": int(js.ort.env.wasm.numThreads)}
 `;
 
 const PY_GENERATE = (a) => `
@@ -202,11 +220,12 @@ class _BenchStreamer:
         self.inner.end()
 
 _s = _BenchStreamer()
+js.__benchRuns.length = 0
 js.wfBridge.emit({"status": "bench-prompt", "n": len(_ids)})
 _out = await bench_model.generate(list(_ids), max_new_tokens=_a["max_new_tokens"], do_sample=False, streamer=_s)
 _st = dict(bench_model.last_generation_stats or {})
 {"ids": [int(x) for x in _out[0, len(_ids):]], "prompt_ids": [int(x) for x in _ids], "text": "".join(_s.text),
- "stats": _st}
+ "stats": _st, "ort_run_ms": [float(x) for x in js.__benchRuns]}
 `;
 
 const PY_MEMORY = `
@@ -286,7 +305,7 @@ export async function runBench(cfg, log = () => {}) {
     tGen = performance.now();
     const g = await wf.runPython(PY_GENERATE(cfg));
     r.gen_ms = performance.now() - tGen;
-    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats });
+    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms: g.ort_run_ms });
     r.memory = { ...await wf.runPython(PY_MEMORY), ...await pageMemory() };
     wf.worker.terminate();
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
@@ -299,13 +318,13 @@ export async function runBench(cfg, log = () => {}) {
     r.page_ready_ms = performance.now();
     log("loading the model…");
     const t0 = performance.now();
-    await w.call("load", cfg);
+    r.loaded = await w.call("load", cfg);
     r.load_ms = performance.now() - t0;
     log("generating…");
     tGen = performance.now();
     const g = await w.call("generate", cfg);
     r.gen_ms = performance.now() - tGen;
-    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text });
+    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms });
     r.memory = { ...await w.call("memory"), ...await pageMemory() };
     w.worker.terminate();
     lib = { name: "transformers.js", version: info.version, ort: info.ort, ort_version: info.ort_version };
