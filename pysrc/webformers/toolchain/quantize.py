@@ -258,15 +258,23 @@ def _code8(x):
 
 
 def _nbits_layers_dq(m, bits: int, act=np.float32):
-    """MatMulNBits for every MatMul with a constant [K, N] weight: min/max blocks of 32 with float zero points
-    (so a GGUF Q4_1 weight keeps its exact grid), the per-block scale and zero point double-quantized to
-    8-bit codes (log-domain scale, linear zero point; 0.5 bit per weight) that standard ops decode at load
-    time (onnxruntime folds them into constants)."""
+    """MatMulNBits for every MatMul with a constant [K, N] weight, keeping a min/max block grid exactly.
+
+    Each block of 32 is ``w = (q - z) * d`` with a *float* zero point ``z`` (a GGUF Q4_1 weight keeps its grid;
+    integer zero points force every range to contain 0 and re-round every weight: SmolLM2's top-1 agreement
+    fell to ~0.70 that way). onnxruntime's MatMulNBits has no fast kernel for float zero points (7x slower
+    per token), so the graph computes ``x @ W^T`` as a fast MatMulNBits with the default zero point
+    ``m = 2**(bits-1)`` plus a small correction ``blocksum(x) @ C^T`` with ``C[n, b] = (m - z[n, b]) * d[n, b]``
+    (1/32 of the matmul's work). ``d`` and ``z`` are stored as 8-bit codes (log-domain scale, linear zero
+    point: 0.5 bit per weight) that standard ops decode; onnxruntime folds those chains into constants when
+    the session loads.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {t.name: t for t in m.graph.initializer}
     new_nodes, remove = [], set()
     ft = _onnx_float(act)
+    mid = float(1 << (bits - 1))
     for node in m.graph.node:
         if node.op_type != "MatMul" or node.input[1] not in inits:
             continue
@@ -275,6 +283,7 @@ def _nbits_layers_dq(m, bits: int, act=np.float32):
             continue
         w = _weight_f32(t)
         k, n = w.shape
+        nb = k // BLOCK
         packed, scale, zpf, _ = _quantize_blockwise(np.ascontiguousarray(w.T), bits, float_zero_points=True)
         sc, s_lo, s_step = _code8(np.log(scale))
         zc, z_lo, z_step = _code8(zpf)
@@ -282,11 +291,14 @@ def _nbits_layers_dq(m, bits: int, act=np.float32):
         m.graph.initializer.extend([
             numpy_helper.from_array(packed, p), numpy_helper.from_array(sc, p + "/scale_codes"),
             numpy_helper.from_array(zc, p + "/zp_codes"),
-            numpy_helper.from_array(np.array([s_step, s_lo, z_step, z_lo], np.float32), p + "/dq")])
+            numpy_helper.from_array(np.array([s_step, s_lo, z_step, z_lo, mid], np.float32), p + "/dq"),
+            numpy_helper.from_array(np.array([-1, nb, BLOCK], np.int64), p + "/blocks_shape")])
         mk = helper.make_node
+        x, y = node.input[0], node.output[0]
         new_nodes += [
-            mk("Split", [p + "/dq"], [p + "/s_step", p + "/s_lo", p + "/z_step", p + "/z_lo"], axis=0,
-               num_outputs=4, name=p + "/dq_split"),
+            # constant chains (folded at load): scales d, zero points z, correction C^T
+            mk("Split", [p + "/dq"], [p + "/s_step", p + "/s_lo", p + "/z_step", p + "/z_lo", p + "/mid"], axis=0,
+               num_outputs=5, name=p + "/dq_split"),
             mk("Cast", [p + "/scale_codes"], [p + "/sc_f"], to=TensorProto.FLOAT, name=p + "/sc_f"),
             mk("Mul", [p + "/sc_f", p + "/s_step"], [p + "/sc_m"], name=p + "/sc_m"),
             mk("Add", [p + "/sc_m", p + "/s_lo"], [p + "/log_scales"], name=p + "/log_scales"),
@@ -294,11 +306,22 @@ def _nbits_layers_dq(m, bits: int, act=np.float32):
             mk("Cast", [p + "/zp_codes"], [p + "/zc_f"], to=TensorProto.FLOAT, name=p + "/zc_f"),
             mk("Mul", [p + "/zc_f", p + "/z_step"], [p + "/zc_m"], name=p + "/zc_m"),
             mk("Add", [p + "/zc_m", p + "/z_lo"], [p + "/zp_f32"], name=p + "/zp_f32"),
+            mk("Sub", [p + "/mid", p + "/zp_f32"], [p + "/shift"], name=p + "/shift"),
+            mk("Mul", [p + "/shift", p + "/scales_f32"], [p + "/corr_nb"], name=p + "/corr_nb"),
+            mk("Transpose", [p + "/corr_nb"], [p + "/corr_bn"], perm=[1, 0], name=p + "/corr_bn"),
+            mk("Cast", [p + "/corr_bn"], [p + "/corr_w"], to=ft, name=p + "/corr_w"),
             mk("Cast", [p + "/scales_f32"], [p + "/scales"], to=ft, name=p + "/scales"),
-            mk("Cast", [p + "/zp_f32"], [p + "/zero_points"], to=ft, name=p + "/zero_points"),
-            mk("MatMulNBits", [node.input[0], p, p + "/scales", p + "/zero_points"], list(node.output),
-               domain=MS, K=k, N=n, bits=bits, block_size=BLOCK, name=(node.name or p) + f"_Q{bits}"),
+            # runtime: fast symmetric MatMulNBits + block-sum correction
+            mk("MatMulNBits", [x, p, p + "/scales"], [p + "/main"], domain=MS, K=k, N=n, bits=bits,
+               block_size=BLOCK, name=(node.name or p) + f"_Q{bits}"),
+            mk("Reshape", [x, p + "/blocks_shape"], [p + "/x_blocks"], name=p + "/x_blocks"),
+            mk("ReduceSum", [p + "/x_blocks", p + "/last_axis"], [p + "/x_sums"], keepdims=0, name=p + "/x_sums"),
+            mk("MatMul", [p + "/x_sums", p + "/corr_w"], [p + "/corr"], name=p + "/corr"),
+            mk("Shape", [p + "/main"], [p + "/main_shape"], name=p + "/main_shape"),
+            mk("Reshape", [p + "/corr", p + "/main_shape"], [p + "/corr_r"], name=p + "/corr_r"),
+            mk("Add", [p + "/main", p + "/corr_r"], [y], name=p + "/out"),
         ]
+        m.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), p + "/last_axis"))
         remove.add(node.name)
     _replace_nodes(m, remove, new_nodes)
     _ensure_ms_opset(m)
