@@ -82,7 +82,9 @@ def test_every_variant_loads_runs_and_matches_manifest(tiny):
         else:  # quantized, but still the same model (2-bit rounding of random weights loses the most)
             assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > (0.75 if d == "q2" else 0.9), d
     for d in ("q4", "q4f16", "q2"):
-        assert {"GatherBlockQuantized", "MatMulNBits"} <= set(man.variant("model", d)["ops"]), d
+        ops = set(man.variant("model", d)["ops"])
+        # the shared-table lookup uses standard ops: onnxruntime-web's WASM kernels lack GatherBlockQuantized
+        assert "MatMulNBits" in ops and "GatherBlockQuantized" not in ops, d
     assert "MatMulBnb4" in man.variant("model", "bnb4")["ops"]
     for d in ("q8", "int8", "uint8"):
         assert "MatMulInteger" in man.variant("model", d)["ops"], d
@@ -101,10 +103,11 @@ def test_tied_embedding_is_stored_once(tiny):
         assert len(big) == 1, (d, big)
     q4 = onnx.load(str(tiny / onnx_file("model", "q4")))
     mm = next(n for n in q4.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
-    gbq = next(n for n in q4.graph.node if n.op_type == "GatherBlockQuantized")
-    reshape = next(n for n in q4.graph.node if n.output[0] == gbq.input[0])
+    lookup = [n for n in q4.graph.node if n.op_type == "Gather" and n.name.startswith("embed_tokens/")]
+    rows = next(n for n in lookup if n.name.endswith("/rows"))
+    reshape = next(n for n in q4.graph.node if n.output[0] == rows.input[0])
     assert reshape.op_type == "Reshape" and reshape.input[0] == mm.input[1]  # the same bytes
-    assert gbq.input[2] == mm.input[2]  # the same scales
+    assert any(n.input[0] == mm.input[2] for n in lookup)  # the same scales
 
 
 def test_block_quantizers_keep_gguf_grids():

@@ -454,7 +454,18 @@ def _bnb4_layers(m):
 
 
 def make_variant(fp32_model, dtype: str):
-    """A new ``onnx.ModelProto`` of ``dtype`` built from the fp32 model (which is left untouched)."""
+    """A new ``onnx.ModelProto`` of ``dtype`` built from the fp32 model (which is left untouched).
+
+    Shared-table lookups are expressed with standard ops (:mod:`.portable`): onnxruntime-web's WASM
+    kernels have no GatherBlockQuantized."""
+    from .portable import portable_block_gather
+
+    m = _make_variant(fp32_model, dtype)
+    portable_block_gather(m)
+    return m
+
+
+def _make_variant(fp32_model, dtype: str):
     import copy
 
     _quiet()
