@@ -30,7 +30,7 @@ TINY_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
                    rms_norm_eps=1e-5, rope_theta=100000.0)
 DEMOS = ("tiny", "smollm2")
 #: the sources a decoder build depends on (other toolchain modules, e.g. whisper.py, do not invalidate it)
-TOOLCHAIN_SOURCES = ("__init__.py", "convert.py", "demo.py", "evaluate.py", "export.py", "quantize.py")
+TOOLCHAIN_SOURCES = ("__init__.py", "convert.py", "demo.py", "evaluate.py", "export.py", "portable.py", "quantize.py")
 
 
 def cache_root() -> Path:
