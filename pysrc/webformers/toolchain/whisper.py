@@ -536,9 +536,7 @@ def write_repo_files(model, ct2_dir: Path, out: Path) -> None:
 def transcribe_files(repo_dir, encoder_dtype: str, decoder_dtype: str, clips, *, max_new_tokens: int = 64):
     """Texts of ``clips`` (WAV paths) with CPython onnxruntime on the repo's two files of those dtypes
     (the runtime's own decoding loop, ``webformers.asr``)."""
-    import asyncio
-
-    return asyncio.run(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
+    return _run(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
 
 
 async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
@@ -566,12 +564,10 @@ async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
     return out
 
 
-def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 64) -> list[dict]:
+def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 48) -> list[dict]:
     """WER for every encoder-dtype × decoder-dtype pair. Encoder states are computed once per
     (clip, encoder dtype); each decoder dtype then decodes from them."""
-    import asyncio
-
-    return asyncio.run(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
+    return _run(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
 
 
 async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
@@ -718,8 +714,6 @@ def recommend(report: dict, tolerance: float = 0.02) -> dict:
 
 
 def _onnx_ids(repo: Path, enc_dt: str, dec_dt: str, clip: Path) -> list[int]:
-    import asyncio
-
     from ..audio import load_audio, log_mel_spectrogram
 
     async def run():
@@ -728,7 +722,33 @@ def _onnx_ids(repo: Path, enc_dt: str, dec_dt: str, clip: Path) -> list[int]:
         wm.dispose()
         return ids
 
-    return asyncio.run(run())
+    return _run(run())
+
+
+def _run(coro):
+    """Run ``coro`` to completion: ``asyncio.run`` here, or in a fresh thread when this thread already runs
+    an event loop (e.g. under Playwright's sync API in the browser tests)."""
+    import asyncio
+    import threading
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 # ------------------------------------------------------------------------------------ cached build
@@ -760,7 +780,7 @@ def whisper_fingerprint() -> str:
     import transformers
 
     pkg = Path(__file__).resolve().parent.parent
-    files = [pkg / "toolchain" / n for n in ("whisper.py", "whisper_eval.py", "quantize.py", "export.py")]
+    files = sorted((pkg / "toolchain").glob("*.py"))  # whisper*, quantize and what it imports, export
     files += [pkg / n for n in ("dtypes.py", "manifest.py", "asr.py", "audio.py", "tokenizers.py")]
     h = hashlib.sha256()
     for f in files:
