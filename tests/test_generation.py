@@ -12,6 +12,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import run_async
 
 from webformers.generation import (
     GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
@@ -26,7 +27,7 @@ NEG = -np.inf
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)  # not asyncio.run: a Playwright fixture may own this thread's loop
 
 
 # =============================================================================================

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "pysrc"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from make_fixture_repo import make_repo, reference  # noqa: E402
+from conftest import run_async
 from webformers import hub, loading  # noqa: E402
 from webformers.dtypes import DTYPES, onnx_file  # noqa: E402
 from webformers.hub import IntegrityError, ModelRepo  # noqa: E402
@@ -36,7 +37,7 @@ NO_GPU = {"webgpu": False, "features": []}
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)  # not asyncio.run: a Playwright fixture may own this thread's loop
 
 
 # ----------------------------------------------------------------------------------------- fixtures
