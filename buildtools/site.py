@@ -252,13 +252,19 @@ def build_wheels() -> list[dict]:
 def build_models() -> list[dict]:
     from webformers.toolchain import build_demo_models
 
-    which = tuple(os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2").split(","))
-    repos = build_demo_models(SITE / "models", which=which, log=log).values()
+    which = os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2,whisper").split(",")
+    repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
+    if "whisper" in which:
+        from webformers.toolchain.whisper import build_whisper_demo
+
+        repos.append(build_whisper_demo(SITE / "models", log=log))
     models = []
     for repo in repos:
         repo = Path(repo)
         man = json.loads((repo / "onnx" / "manifest.json").read_text())
+        encdec = "encoder_model" in man["modules"]
         models.append({"id": repo.relative_to(SITE / "models").as_posix(),
+                       "task": "automatic-speech-recognition" if encdec else "text-generation",
                        "modules": {m: list(v) for m, v in man["modules"].items()},
                        "bytes": {m: {d: v["bytes"] for d, v in dts.items()} for m, dts in man["modules"].items()}})
     (SITE / "models").mkdir(parents=True, exist_ok=True)

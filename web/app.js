@@ -112,7 +112,7 @@ const modelsListed = (async () => {
   try {
     const resp = await fetch("models/index.json", { cache: "no-cache" });
     if (!resp.ok) throw new Error(`models/index.json answered HTTP ${resp.status}: build the models with python3 build.py build`);
-    state.models = (await resp.json()).models || [];
+    state.models = ((await resp.json()).models || []).filter((m) => (m.task || "text-generation") === "text-generation");
   } catch (e) {
     showError(`could not list the models: ${e.message || e}`);
     return;
