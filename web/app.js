@@ -6,6 +6,7 @@ import { ProgressView } from "./ui/progress.js";
 import { ChatView } from "./ui/chat.js";
 import { QualityChart } from "./ui/chart.js";
 import { CacheView } from "./ui/cache.js";
+import { AsrView } from "./ui/asr.js";
 
 const client = new WebformersClient();
 window.wf = client;  // the test harness and the console drive Python through this
@@ -15,6 +16,8 @@ const progress = new ProgressView();
 const chat = new ChatView();
 const chart = new QualityChart();
 const cache = new CacheView(call, (m) => showError(m));
+const asr = new AsrView(client, () => state.env);
+window.wfAsr = asr;  // tests and the console
 
 const state = {
   env: null,          // webapp.environment()
@@ -74,6 +77,7 @@ client.addEventListener("boot", async (ev) => {
   showAdapter(state.env.adapter);
   $("cache-refresh").disabled = false;
   cache.refresh();
+  asr.onBoot();
   await modelsListed;
   await refreshModelInfo();
 });
@@ -322,7 +326,8 @@ client.addEventListener("wf-event", (ev) => {
   const e = ev.detail || {};
   switch (e.status) {
     case "initiate": case "download": case "progress": case "done":
-      progress.onEvent(e);
+      if (asr.owns(e)) asr.onEvent(e);  // the speech model's download has its own bars
+      else progress.onEvent(e);
       break;
     case "warning":
       showWarning(e.file ? `${e.message}` : e.message);
