@@ -667,3 +667,39 @@ def test_cancelled_download_does_not_cancel_the_joined_request(server):
         assert server.files()[path] == 2  # the second one had to download it itself
         assert not hub._inflight
     run(go())
+
+
+def test_auto_ranks_by_wer_when_the_report_measures_wer_not_kl(repo_dir):
+    """Whisper's quantization_report.json carries per-module {"wer", "bytes"} and no KL: auto ranks by WER
+    (lower is better, equal WERs by the smaller file); entries with a KL still rank by KL."""
+    from webformers.manifest import Manifest
+    man = Manifest.from_json((repo_dir / "onnx/manifest.json").read_text(), "r")
+    b = {(m, dt): man.variant(m, dt)["bytes"] for m in man.modules for dt in man.modules[m]}
+    enc, dec = "encoder_model", "decoder_model_merged"
+    wer = {"modules": {
+        enc: {"fp32": {"wer": 0.14, "bytes": b[enc, "fp32"]}, "fp16": {"wer": 0.14, "bytes": b[enc, "fp16"]},
+              "q8": {"wer": 0.13, "bytes": b[enc, "q8"]}, "q4": {"wer": 0.12, "bytes": b[enc, "q4"]},
+              "q4f16": {"wer": 0.5, "bytes": b[enc, "q4f16"]}},
+        dec: {"fp32": {"wer": 0.15, "bytes": b[dec, "fp32"]}, "fp16": {"wer": 0.15, "bytes": b[dec, "fp16"]},
+              "q8": {"wer": 0.2, "bytes": b[dec, "q8"]}, "q4": {"wer": 0.3, "bytes": b[dec, "q4"]},
+              "q4f16": {"wer": None, "bytes": b[dec, "q4f16"]}}}}
+
+    def sel(report, **kw):
+        return select_dtypes(man, dtype="auto", report=report, device="wasm", adapter=NO_GPU, **kw).dtypes
+
+    # by bits this would be fp32 + fp32: the encoder's lowest WER is q4; the decoder's fp32/fp16 tie -> fp16
+    assert b[dec, "fp16"] < b[dec, "fp32"]
+    assert sel(wer) == {enc: "q4", dec: "fp16"}
+    assert sel(None) == {enc: "fp32", dec: "fp32"}
+    # within a budget: the pair with the lowest summed WER that fits
+    budget = b[enc, "q4"] + b[dec, "q8"]
+    assert b[enc, "q4"] + b[dec, "fp16"] > budget and b[enc, "fp16"] + b[dec, "q8"] <= budget
+    assert sel(wer, max_bytes=budget) == {enc: "q4", dec: "q8"}  # 0.12 + 0.20 beats fp16 + q8 (0.34)
+    # the unmeasured q4f16 (wer None) ranks after every measured decoder dtype
+    keys = {d: loading._quality_key(wer, dec, d) for d in man.modules[dec]}
+    assert keys["q4f16"] > max(k for d, k in keys.items() if d != "q4f16")
+    # KL, when present, still decides (the WER next to it is ignored)
+    both = json.loads(json.dumps(wer))
+    for d, r in both["modules"][enc].items():
+        r["kl"] = {"fp32": 0.0, "fp16": 0.001, "q8": 0.01, "q4": 0.05, "q4f16": 0.06}[d]
+    assert sel(both)[enc] == "fp32"

@@ -16,8 +16,10 @@ Dtypes (``webformers.dtypes.DTYPES``):
 - ``"auto"``: per module the best-quality dtype that runs natively on the device (no CPU-only matmuls
   under WebGPU, no fp16 without ``shader-f16``) and, with ``max_bytes``, keeps the total download of the
   loaded modules within budget. Quality comes from the repo's ``quantization_report.json``
-  (``{"modules": {module: {dtype: {"kl", "top1", ...}}}}``: lowest KL, then highest top-1); dtypes the
-  report does not cover rank after measured ones, by bits (more bits first).
+  (``{"modules": {module: {dtype: {"kl", "top1", ...}}}}``: lowest KL, then highest top-1; a report that
+  measured word error rate instead, ``{dtype: {"wer", ...}}`` with no ``kl`` (Whisper's), ranks by lowest
+  WER, equal WERs by the smaller download); dtypes the report does not cover rank after measured ones, by
+  bits (more bits first).
 
 Capability fallback: an fp16-family dtype on a WebGPU adapter without ``shader-f16`` is replaced by its
 ``DType.fallback`` (fp16 -> fp32, q4f16 -> q4, ...) with a warning naming the replacement and the reason;
@@ -92,11 +94,16 @@ def _runs_natively(dtype: str, device: str, features: set) -> bool:
 
 
 def _quality_key(report: dict | None, module: str, dtype: str):
-    """Smaller is better: measured (KL, -top1) first, then unmeasured by bits."""
+    """Smaller is better: measured (KL, -top1) first (or, for a report measuring WER and no KL, (WER, 0)),
+    then unmeasured by bits."""
     m = ((report or {}).get("modules") or {}).get(module) or {}
     r = m.get(dtype)
-    if isinstance(r, Mapping) and isinstance(r.get("kl"), (int, float)) and math.isfinite(r["kl"]):
-        return (0, float(r["kl"]), -float(r.get("top1") or 0.0))
+    if isinstance(r, Mapping):
+        if isinstance(r.get("kl"), (int, float)) and math.isfinite(r["kl"]):
+            return (0, float(r["kl"]), -float(r.get("top1") or 0.0))
+        wer = r.get("wer")
+        if "kl" not in r and isinstance(wer, (int, float)) and not isinstance(wer, bool) and math.isfinite(wer):
+            return (0, float(wer), 0.0)
     return (1, -get_dtype(dtype).bits, 0.0)
 
 
