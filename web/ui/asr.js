@@ -503,7 +503,7 @@ export class AsrView {
       $("asr-transcript").dataset.state = "failed";
       const msg = e.audio ? e.message : `transcription failed: ${pyErrorLine(e.message || e)}`;
       this.error(msg);
-      this.status(msg, "error");
+      this.status("Failed: see the error above.", "error");
     } finally {
       this.busy = null;
       this.setControls();
@@ -517,7 +517,7 @@ export class AsrView {
     }
     if (this.busy || !this.loaded) return;
     const btn = $("asr-record-button");
-    const fail = (msg) => { this.error(msg); this.status(msg, "error"); };
+    const fail = (msg) => { this.error(msg); this.status("", ""); };
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       fail("The microphone is unavailable: this page has no navigator.mediaDevices (it needs a secure context, " +
         "https or localhost). Upload an audio file instead.");
