@@ -58,8 +58,9 @@ def hash_inputs(*items) -> str:
     h = hashlib.sha256()
     for item in items:
         if isinstance(item, Path):
-            paths = sorted(p for p in item.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-                if item.is_dir() else [item]
+            paths = sorted(p for p in item.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                           and not any(part.endswith(".egg-info") for part in p.parts)) \
+                if item.is_dir() else [item]  # (egg-info is written by the wheel build itself)
             for p in paths:
                 h.update(str(p.relative_to(ROOT) if ROOT in p.parents else p).encode())
                 h.update(sha256_file(p).encode() if p.exists() else b"missing")
@@ -234,7 +235,11 @@ def build_webformers_wheel() -> Path:
 def build_wheels() -> list[dict]:
     from buildtools.pywheels import build_pure_wheels
 
-    deps = build_pure_wheels(CACHE / "purewheels-out", CACHE / "purewheels")
+    out_dir = CACHE / "purewheels-out"
+    step("pure-wheels", hash_inputs(ROOT / "buildtools" / "pywheels.py"), [out_dir],
+         lambda: (shutil.rmtree(out_dir, ignore_errors=True),  # downloads, builds, verifies once
+                  build_pure_wheels(out_dir, CACHE / "purewheels")))
+    deps = sorted(out_dir.glob("*-py3-none-any.whl"))
     wf = build_webformers_wheel()
     dst = SITE / "wheels"
     if dst.exists():

@@ -151,13 +151,15 @@ est = await hub.storage_estimate()
 json.dumps({"before": before, "freed": freed, "after": after, "est": est,
             "persist": await hub.request_persistence()})
 """))
-    (before,) = res["before"]
-    assert before["model"] == MODEL
+    # the page's own UI may have cached other repos' manifests: look at this test's model only
+    (before,) = [m for m in res["before"] if m["model"] == MODEL]
+    (after,) = [m for m in res["after"] if m["model"] == MODEL]
     assert {(v["module"], v["dtype"]): v["bytes"] for v in before["variants"]} == {
         (ENC, "q4"): man["modules"][ENC]["q4"]["bytes"], (DEC, "fp32"): man["modules"][DEC]["fp32"]["bytes"]}
     assert res["freed"] == man["modules"][ENC]["q4"]["bytes"]
-    assert [(v["module"], v["dtype"]) for v in res["after"][0]["variants"]] == [(DEC, "fp32")]
-    assert res["est"]["quota"] > res["est"]["usage"] > 0 and res["est"]["cache_bytes"] == res["after"][0]["bytes"]
+    assert [(v["module"], v["dtype"]) for v in after["variants"]] == [(DEC, "fp32")]
+    assert res["est"]["quota"] > res["est"]["usage"] > 0
+    assert res["est"]["cache_bytes"] >= after["bytes"] > 0
     assert isinstance(res["persist"], bool)
 
 
