@@ -69,6 +69,14 @@ def test_asr_panel_transcribes_an_uploaded_wav(wf_page, clip):
     # the grid arrives after boot: the options then carry sizes and WERs
     page.wait_for_function("window.wfAsr && window.wfAsr.grid !== null")
     page.wait_for_function("!document.getElementById('asr-load-button').disabled")
+    # keyboard: Tab walks model -> device -> encoder dtype -> decoder dtype -> Load
+    page.focus("#asr-model-select")
+    order = ["asr-model-select"]
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order == ["asr-model-select", "asr-device-select", "asr-dtype-encoder_model",
+                     "asr-dtype-decoder_model_merged", "asr-load-button"], order
     page.locator("#asr-model-select").select_option(MODEL)
     page.locator("#asr-device-select").select_option("wasm")
     page.locator("#asr-dtype-encoder_model").select_option(ENC)
