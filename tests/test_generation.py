@@ -549,10 +549,7 @@ HAVE_TOOLCHAIN = importlib.util.find_spec("webformers.toolchain") is not None an
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory):
-    try:
-        from webformers.toolchain import build_demo_models
-    except ImportError as e:
-        pytest.skip(f"toolchain not available: {e}")
+    from webformers.toolchain import build_demo_models  # the [test] extra installs the toolchain
     root = tmp_path_factory.mktemp("models")
     build_demo_models(root, which=("tiny",))
     return root / "webformers" / "tiny-random-llama"

@@ -40,7 +40,7 @@ def _prompt_ids(model: str) -> list[int]:
 def _cases():
     cases = [(TINY, d) for d in _manifest_dtypes(TINY) if d in TJS_DTYPES]
     cases += [(SMOLLM2, d) for d in ("q4", "q8") if d in _manifest_dtypes(SMOLLM2)]
-    return cases or [pytest.param(TINY, "fp32", marks=pytest.mark.skip(reason="no demo models built"))]
+    return cases or [(TINY, "fp32")]  # no models built: the test then fails, naming the missing repo
 
 
 @pytest.fixture(scope="module")
