@@ -29,7 +29,7 @@ streamer = TextStreamer(pipe.tokenizer, skip_prompt=True, callback_function=emit
 out = await pipe(inputs, max_new_tokens=args["max_new_tokens"], do_sample=False, streamer=streamer,
                  return_full_text=False)
 stats = getattr(pipe.model, "last_generation_stats", None) or {{}}
-{{"text": out[0]["generated_text"], "dtypes": getattr(pipe.model, "dtypes", None),
+{{"text": out[0]["generated_text"], "dtypes": getattr(pipe.model, "dtype", None),
   "device": getattr(pipe.model, "device", None), "stats": stats}}
 """
 
