@@ -2,6 +2,8 @@
 // load with progress, audio from a file or the microphone (decoded by Web Audio into mono Float32
 // samples), the transcript with timings, and the WER-vs-bytes chart of every encoder × decoder pair.
 // Python side: webformers.webapp_asr in the worker.
+import { loadChartJs } from "./chart.js";
+import { ProgressView } from "./progress.js";
 import { $, el, fmtBytes, pyErrorLine } from "./util.js";
 
 export const ASR_TASK = "automatic-speech-recognition";
@@ -88,19 +90,6 @@ export async function decodeAudio(arrayBuffer, name) {
   return { samples, sampleRate: audio.sampleRate, seconds: audio.duration, channels: ch };
 }
 
-let chartLib = null;
-function loadChartJs() {
-  if (chartLib) return chartLib;
-  chartLib = new Promise((resolve, reject) => {
-    if (window.Chart) { resolve(window.Chart); return; }
-    const s = document.createElement("script");
-    s.src = new URL("../vendor/chart.umd.min.js", import.meta.url).href;
-    s.onload = () => (window.Chart ? resolve(window.Chart) : reject(new Error("Chart.js did not define Chart")));
-    s.onerror = () => { chartLib = null; reject(new Error("vendor/chart.umd.min.js could not be loaded (rebuild the site)")); };
-    document.head.append(s);
-  });
-  return chartLib;
-}
 
 const fmtWer = (w) => (w === null || w === undefined ? "not measured" : `${(100 * w).toFixed(1)}%`);
 
@@ -115,7 +104,9 @@ export class AsrView {
     this.busy = null;          // "load" | "transcribe" | "record" | null
     this.booted = false;
     this.chart = null;
-    this.files = new Map();    // progress: file -> {loaded, total, cached, done, row, bar, text}
+    this.progress = new ProgressView({ bars: "asr-file-bars", panel: "asr-progress", status: "asr-load-status",
+                                       overall: "asr-overall-bar", overallText: "asr-overall-text",
+                                       barPrefix: "asr-bar-" });
     this.loadingModel = null;
     this.recorder = null;
     this.lastResult = null;
@@ -379,7 +370,7 @@ export class AsrView {
     this.busy = "load";
     this.loadingModel = model;
     this.loaded = null;
-    this.progressStart(model);
+    this.progress.start(model);
     this.setControls();
     const t0 = performance.now();
     try {
@@ -402,46 +393,9 @@ export class AsrView {
     }
   }
 
-  progressStart(model) {
-    this.files.clear();
-    $("asr-file-bars").replaceChildren();
-    $("asr-progress").hidden = false;
-    $("asr-load-status").textContent = `Loading ${model}…`;
-    $("asr-load-status").className = "";
-    this.progressOverall();
-  }
-
   /** A store event ({status, name, file, loaded, total, cached}) of the load in progress. */
   onEvent(ev) {
-    if (!ev.file) return;
-    let f = this.files.get(ev.file);
-    if (!f) {
-      const bar = el("progress", { max: 1, value: 0, id: `asr-bar-${this.files.size}` });
-      const label = el("label", { htmlFor: bar.id, className: "file-name" }, ev.file);
-      const text = el("span", { className: "num" });
-      const row = el("li", { className: "bar-row", dataset: { file: ev.file } }, label, bar, text);
-      $("asr-file-bars").append(row);
-      f = { loaded: 0, total: 0, cached: false, done: false, row, bar, text };
-      this.files.set(ev.file, f);
-    }
-    if (typeof ev.total === "number" && ev.total > 0) f.total = ev.total;
-    if (typeof ev.loaded === "number") f.loaded = ev.loaded;
-    if (ev.cached) f.cached = true;
-    if (ev.status === "done") { f.done = true; f.loaded = f.total; }
-    f.bar.max = Math.max(f.total, 1);
-    f.bar.value = f.total ? f.loaded : (f.done ? 1 : 0);
-    f.text.textContent = `${fmtBytes(f.loaded)} / ${fmtBytes(f.total)}` + (f.cached ? " · cached" : "");
-    f.row.dataset.state = f.done ? (f.cached ? "cached" : "done") : "loading";
-    this.progressOverall();
-  }
-
-  progressOverall() {
-    let loaded = 0, total = 0;
-    for (const f of this.files.values()) { loaded += f.loaded; total += f.total; }
-    $("asr-overall-bar").max = Math.max(total, 1);
-    $("asr-overall-bar").value = total ? loaded : 0;
-    const n = this.files.size;
-    $("asr-overall-text").textContent = `${fmtBytes(loaded)} / ${fmtBytes(total)}` + (n ? ` · ${n} file${n > 1 ? "s" : ""}` : "");
+    this.progress.onEvent(ev);
   }
 
   // ------------------------------------------------------------------------------ audio

@@ -3,14 +3,15 @@ import { $, el, fmtBytes, fmtKl, fmtPct } from "./util.js";
 
 let chartLib = null;
 
-function loadChartJs() {
+/** Chart.js from /vendor, loaded once (a failed load may be retried). */
+export function loadChartJs() {
   if (chartLib) return chartLib;
   chartLib = new Promise((resolve, reject) => {
     if (window.Chart) { resolve(window.Chart); return; }
     const s = document.createElement("script");
     s.src = new URL("../vendor/chart.umd.min.js", import.meta.url).href;
     s.onload = () => (window.Chart ? resolve(window.Chart) : reject(new Error("Chart.js did not define Chart")));
-    s.onerror = () => reject(new Error("vendor/chart.umd.min.js could not be loaded (rebuild the site)"));
+    s.onerror = () => { chartLib = null; reject(new Error("vendor/chart.umd.min.js could not be loaded (rebuild the site)")); };
     document.head.append(s);
   });
   return chartLib;

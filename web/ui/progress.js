@@ -1,8 +1,13 @@
 // Download progress: one bar per file plus one overall bar, from the store's progress events.
 import { $, el, fmtBytes } from "./util.js";
 
+const CHAT_IDS = { bars: "file-bars", panel: "load-progress", status: "load-status", overall: "overall-bar",
+                   overallText: "overall-text", barPrefix: "bar-" };
+
 export class ProgressView {
-  constructor() {
+  /** `ids` names the panel's elements (the chat's by default; the speech panel has its own). */
+  constructor(ids = CHAT_IDS) {
+    this.ids = ids;
     this.files = new Map(); // file -> {loaded, total, cached, done, row}
     this.finished = true;
     this.model = null;
@@ -13,10 +18,10 @@ export class ProgressView {
     this.files.clear();
     this.finished = false;
     this.model = model;
-    $("file-bars").replaceChildren();
-    $("load-progress").hidden = false;
-    $("load-status").textContent = `Loading ${model}…`;
-    $("load-status").className = "";
+    $(this.ids.bars).replaceChildren();
+    $(this.ids.panel).hidden = false;
+    $(this.ids.status).textContent = `Loading ${model}…`;
+    $(this.ids.status).className = "";
     this._overall();
   }
 
@@ -26,11 +31,11 @@ export class ProgressView {
     if (this.finished) this.start(ev.name || "model"); // a load started from elsewhere (console, tests)
     let f = this.files.get(ev.file);
     if (!f) {
-      const bar = el("progress", { max: 1, value: 0, id: `bar-${this.files.size}` });
+      const bar = el("progress", { max: 1, value: 0, id: `${this.ids.barPrefix}${this.files.size}` });
       const label = el("label", { htmlFor: bar.id, className: "file-name" }, ev.file);
       const text = el("span", { className: "num" });
       const row = el("li", { className: "bar-row", dataset: { file: ev.file } }, label, bar, text);
-      $("file-bars").append(row);
+      $(this.ids.bars).append(row);
       f = { loaded: 0, total: ev.total || 0, cached: false, done: false, row, bar, text };
       this.files.set(ev.file, f);
     }
@@ -51,11 +56,11 @@ export class ProgressView {
       loaded += f.loaded; total += f.total;
       if (f.cached) cached++;
     }
-    const bar = $("overall-bar");
+    const bar = $(this.ids.overall);
     bar.max = Math.max(total, 1);
     bar.value = total ? loaded : 0;
     const n = this.files.size;
-    $("overall-text").textContent = `${fmtBytes(loaded)} / ${fmtBytes(total)}` +
+    $(this.ids.overallText).textContent = `${fmtBytes(loaded)} / ${fmtBytes(total)}` +
       (n ? ` · ${n} file${n > 1 ? "s" : ""}${cached ? `, ${cached} cached` : ""}` : "");
   }
 
@@ -63,14 +68,14 @@ export class ProgressView {
   finish(info) {
     this.finished = true;
     const dt = Object.entries(info.dtypes || {}).map(([m, d]) => `${m}: ${d}`).join(", ");
-    $("load-status").textContent =
+    $(this.ids.status).textContent =
       `Loaded ${info.model} (${dt}) on ${info.device} in ${(info.load_ms / 1000).toFixed(2)} s.`;
-    $("load-status").className = "ok";
+    $(this.ids.status).className = "ok";
   }
 
   fail(message) {
     this.finished = true;
-    $("load-status").textContent = `Loading failed: ${message}`;
-    $("load-status").className = "error";
+    $(this.ids.status).textContent = `Loading failed: ${message}`;
+    $(this.ids.status).className = "error";
   }
 }
