@@ -134,6 +134,27 @@ def _capability_fallback(manifest, module: str, dtype: str, features: set, stric
                       f"(needed for {dtype} arithmetic)")
 
 
+def check_dtype_arg(dtype):
+    """Validate a ``dtype`` argument before any I/O: a name, "auto", None or a {module: dtype} mapping
+    whose values are names or "auto". Returns it (a mapping as a dict)."""
+    if dtype is None:
+        return {}
+    if isinstance(dtype, str):
+        if dtype != "auto":
+            get_dtype(dtype)
+        return dtype
+    if isinstance(dtype, Mapping):
+        for k, v in dtype.items():
+            if v != "auto":
+                try:
+                    get_dtype(v)
+                except ValueError as e:
+                    raise ValueError(f"module {k!r}: {e}") from None
+        return dict(dtype)
+    raise ValueError(f"dtype must be a dtype name, a {{module: dtype}} mapping or 'auto', got {dtype!r}; "
+                     f"valid dtypes: {', '.join(DTYPES)}")
+
+
 def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapter: dict | None = None,
                   strict: bool = False, max_bytes: int | None = None, report: dict | None = None) -> Plan:
     """Choose the device and each module's dtype (no I/O). Raises ``ValueError`` on bad input."""
@@ -166,27 +187,15 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         device = "wasm"
 
     # requested dtype per module (None: every module gets the device default, like an empty mapping)
-    if dtype is None:
-        dtype = {}
+    dtype = check_dtype_arg(dtype)
     if isinstance(dtype, str):
-        if dtype != "auto":
-            get_dtype(dtype)
         requested = {m: dtype for m in modules}
-    elif isinstance(dtype, Mapping):
+    else:
         bad = [k for k in dtype if k not in all_modules]
         if bad:
             raise ValueError(f"dtype mapping names unknown module(s) {', '.join(map(repr, bad))}; "
                              f"the repo's modules: {', '.join(all_modules)}")
-        for k, v in dtype.items():
-            if v != "auto":
-                try:
-                    get_dtype(v)
-                except ValueError as e:
-                    raise ValueError(f"module {k!r}: {e}") from None
         requested = {m: dtype.get(m, default_dtype(manifest, m, device)) for m in modules}
-    else:
-        raise ValueError(f"dtype must be a dtype name, a {{module: dtype}} mapping or 'auto', got {dtype!r}; "
-                         f"valid dtypes: {', '.join(DTYPES)}")
 
     chosen: dict[str, str] = {}
     for m, d in requested.items():

@@ -24,6 +24,7 @@ import time
 from . import backend, hub
 from .dtypes import DEVICES, DTYPES, check_device, get_dtype
 from .hub import REPORT_PATH, ModelRepo
+from .loading import check_dtype_arg
 
 __all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
            "cache_list", "cache_delete", "state", "unload", "dtype_support", "SETTINGS"]
@@ -134,23 +135,6 @@ def unload() -> None:
         pipe.dispose()
 
 
-def _check_dtype_arg(dtype):
-    if isinstance(dtype, str):
-        if dtype != "auto":
-            get_dtype(dtype)
-        return dtype
-    if isinstance(dtype, dict):
-        for m, d in dtype.items():
-            if d != "auto":
-                try:
-                    get_dtype(d)
-                except ValueError as e:
-                    raise ValueError(f"module {m!r}: {e}") from None
-        return dict(dtype)
-    raise ValueError(f"dtype must be a dtype name, 'auto' or a {{module: dtype}} mapping, got {dtype!r}; "
-                     f"valid dtypes: {', '.join(DTYPES)}")
-
-
 async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int | None = None,
                host: str | None = None) -> dict:
     """Load ``model_id`` as a text-generation pipeline (replacing the loaded one). ``dtype`` is a name,
@@ -158,7 +142,7 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
     and warning events stream to the page; the result says what was loaded and how long it took."""
     from .pipelines import pipeline
 
-    dtype = _check_dtype_arg(dtype)
+    dtype = check_dtype_arg(dtype)
     check_device(device)
     if max_bytes is not None:
         if isinstance(max_bytes, float) and max_bytes.is_integer():
