@@ -19,7 +19,6 @@ first with micropip), or ``python -m buildtools.pywheels DEST [--cache DIR]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -75,11 +74,9 @@ class WheelBuildError(RuntimeError):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from buildtools.site import sha256_file
+
+    return sha256_file(path)
 
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> str:
