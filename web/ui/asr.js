@@ -2,7 +2,7 @@
 // load with progress, audio from a file or the microphone (decoded by Web Audio into mono Float32
 // samples), the transcript with timings, and the WER-vs-bytes chart of every encoder × decoder pair.
 // Python side: webformers.webapp_asr in the worker.
-import { loadChartJs } from "./chart.js";
+import { loadChartJsOr } from "./chart.js";
 import { ProgressView } from "./progress.js";
 import { $, el, fmtBytes, pyErrorLine } from "./util.js";
 
@@ -276,14 +276,8 @@ export class AsrView {
     note.textContent = `${measured.length} encoder × decoder pairs of ${grid.model}: download size against word error ` +
       "rate on the toolchain's evaluation clips. Blue: the selected pair; orange star: the recommended one " +
       "(smallest within 2 points of fp32's WER). Click a point to select that pair.";
-    let Chart;
-    try {
-      Chart = await loadChartJs();
-    } catch (e) {
-      note.textContent = String(e.message || e);
-      note.className = "error";
-      return;
-    }
+    const Chart = await loadChartJsOr(note);
+    if (!Chart) return;
     const view = this;
     const config = {
       type: "scatter",

@@ -31,6 +31,17 @@ function logTick(v) {
 }
 const COLORS = ["#2f6fdd", "#d9480f", "#2b8a3e", "#862e9c"];
 
+/** Chart.js, or null after showing why it could not load in `note`. */
+export async function loadChartJsOr(note) {
+  try {
+    return await loadChartJs();
+  } catch (e) {
+    note.textContent = String(e.message || e);
+    note.className = "error";
+    return null;
+  }
+}
+
 export class QualityChart {
   constructor() {
     this.chart = null;
@@ -62,14 +73,8 @@ export class QualityChart {
       note.textContent = (this.metric === "kl" ? `KL on a log axis; fp32 is the reference (KL 0, drawn at ${floor}). ` : "") +
         "The filled, larger point is the current selection.";
     }
-    let Chart;
-    try {
-      Chart = await loadChartJs();
-    } catch (e) {
-      note.textContent = String(e.message || e);
-      note.className = "error";
-      return;
-    }
+    const Chart = await loadChartJsOr(note);
+    if (!Chart) return;
     const datasets = Object.entries(info.modules).map(([module, opts], i) => {
       const pts = this._points(module, opts);
       const color = COLORS[i % COLORS.length];
