@@ -1,10 +1,11 @@
 """fp32 ONNX decoder → every dtype variant of the registry (``webformers.dtypes``).
 
 - fp16: ``convert_float_to_float16(keep_io_types=True)``;
-- q8 / uint8 / int8: ``quantize_dynamic`` (MatMulInteger + DynamicQuantizeLinear) of the layer matmuls;
-  q8 is per-tensor uint8 (the transformers.js ``_quantized`` file), uint8 is per-channel uint8, int8
-  per-channel int8. The tied embedding stays fp32 and is stored once (the lm_head Gemm is excluded,
-  otherwise the quantizer would store a second, transposed copy);
+- q8 / uint8 / int8: every layer matmul and the tied lm_head → ``MatMulInteger`` with per-token activation
+  scales (:func:`_dynamic_rows`, standard ops); q8 has per-tensor uint8 weights (the transformers.js
+  ``_quantized`` file), uint8 per-channel uint8, int8 per-channel int8. The tied table is stored once, as the
+  lm_head's 8-bit codes. (Whisper's decoders, whose matmuls sit inside If subgraphs, use ``quantize_dynamic``
+  through :func:`_dynamic`.)
 - q4 / q4f16 / q2: layer matmuls → ``MatMulNBits`` (block 32) with min/max blocks and *float* zero points,
   whose scale / zero point are double-quantized to 8-bit codes (:func:`_nbits_layers_dq`: 4.5 bits per
   weight for q4; a GGUF Q4_1 weight keeps its grid). ``MatMulNBitsQuantizer``'s integer zero points force
@@ -48,6 +49,137 @@ def check_dtypes(names) -> list[str]:
 def _quiet():
     for name in ("onnxruntime", "onnxruntime.quantization", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------- 8-bit, per-token activations
+
+def _quantize_w8(w: np.ndarray, signed: bool, per_channel: bool):
+    """8-bit weights of ``w`` [K, N] for MatMulInteger: (codes [K, N], scale (scalar or [N]), zero point or None).
+
+    Signed: symmetric int8 (no zero point). Unsigned: min/max uint8 with a uint8 zero point (range contains 0)."""
+    axis = 0 if per_channel else None
+    if signed:
+        s = np.abs(w).max(axis=axis) / 127.0
+        s = np.where(s == 0, 1.0, s).astype(np.float32)
+        return np.clip(np.round(w / s), -127, 127).astype(np.int8), s, None
+    lo = np.minimum(w.min(axis=axis), 0.0)
+    hi = np.maximum(w.max(axis=axis), 0.0)
+    s = ((hi - lo) / 255.0).astype(np.float32)
+    s = np.where(s == 0, 1.0, s).astype(np.float32)
+    zp = np.clip(np.round(-lo / s), 0, 255)
+    q = np.clip(np.round(w / s) + zp, 0, 255).astype(np.uint8)
+    return q, s, zp.astype(np.uint8)
+
+
+def _dynamic_rows(m, signed: bool, per_channel: bool):
+    """Every MatMul with a constant [K, N] weight and the (tied) lm_head → ``MatMulInteger`` with 8-bit weights
+    and **per-token** activation scales, in standard ONNX ops.
+
+    ``quantize_dynamic`` (DynamicQuantizeLinear) uses one activation scale for the whole [tokens, K] input. Over
+    a prompt, the first token's outliers (up to ~3000 in SmolLM2's MLP, 4000x the 99th percentile) then set the
+    scale for every token and round the others to a handful of levels: SmolLM2 q8 / int8 / uint8 fell to top-1
+    0.54–0.58 (KL 0.62–0.67) that way; per-token scales give 0.80 / 0.89 / 0.89 (KL 0.13 / 0.05 / 0.05).
+    Here each row gets its own symmetric scale ``s = max|x| / 127`` and the codes ``round(x / s) + 128`` are
+    uint8 with a constant zero point, so MatMulInteger stays on its fast u8 kernels (onnxruntime's MatMulInteger
+    takes only a scalar activation zero point). The weights: per-tensor uint8 (q8), per-channel uint8 (uint8) or
+    per-channel symmetric int8 (int8). The tied token table is stored once, as the lm_head's [K, V] codes, and
+    the lookup dequantizes its column (:func:`_tied_8bit_lookup`).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in m.graph.initializer}
+    mk = helper.make_node
+    new_nodes, remove, quantized_inputs = [], set(), {}
+    m.graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), "q8rows/last_axis"),
+                                numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), "q8rows/inv127"),
+                                numpy_helper.from_array(np.array(1e-30, np.float32), "q8rows/tiny"),
+                                numpy_helper.from_array(np.array(128.0, np.float32), "q8rows/mid_f"),
+                                numpy_helper.from_array(np.array(128, np.uint8), "q8rows/mid")])
+
+    def rows(x):
+        """(uint8 codes, per-row scale [..., 1]) of activation ``x``, shared by the matmuls that read it."""
+        if x not in quantized_inputs:
+            p = f"{x}/q8rows"
+            new_nodes.extend([
+                mk("Abs", [x], [p + "/abs"], name=p + "/abs"),
+                mk("ReduceMax", [p + "/abs", "q8rows/last_axis"], [p + "/absmax"], keepdims=1, name=p + "/absmax"),
+                mk("Mul", [p + "/absmax", "q8rows/inv127"], [p + "/s0"], name=p + "/s0"),
+                mk("Max", [p + "/s0", "q8rows/tiny"], [p + "/scale"], name=p + "/scale"),
+                mk("Div", [x, p + "/scale"], [p + "/scaled"], name=p + "/scaled"),
+                mk("Round", [p + "/scaled"], [p + "/rounded"], name=p + "/rounded"),
+                mk("Add", [p + "/rounded", "q8rows/mid_f"], [p + "/shifted"], name=p + "/shifted"),
+                mk("Cast", [p + "/shifted"], [p + "/codes"], to=TensorProto.UINT8, name=p + "/codes")])
+            quantized_inputs[x] = (p + "/codes", p + "/scale")
+        return quantized_inputs[x]
+
+    def matmul(name, x, w_kn, y):
+        q, s, zp = _quantize_w8(w_kn, signed, per_channel)
+        p = f"{name}/w8"
+        m.graph.initializer.extend([numpy_helper.from_array(q, p + "/codes"), numpy_helper.from_array(s, p + "/scale")])
+        zp_in = ""
+        if zp is not None:
+            m.graph.initializer.append(numpy_helper.from_array(zp, p + "/zero_point"))
+            zp_in = p + "/zero_point"
+        codes, xs = rows(x)
+        new_nodes.extend([
+            mk("MatMulInteger", [codes, p + "/codes", "q8rows/mid", zp_in] if zp_in else [codes, p + "/codes", "q8rows/mid"],
+               [p + "/acc"], name=p + "/matmul"),
+            mk("Cast", [p + "/acc"], [p + "/acc_f"], to=TensorProto.FLOAT, name=p + "/acc_f"),
+            # (acc * weight scale) * row scale, in this order: onnxruntime fuses Cast -> Mul(Mul(a_scale,
+            # b_scale)) into MatMulIntegerToFloat, whose kernel reads a_scale as one scalar
+            mk("Mul", [p + "/acc_f", p + "/scale"], [p + "/acc_w"], name=p + "/acc_w"),
+            mk("Mul", [p + "/acc_w", xs], [y], name=p + "/out")])
+        return p
+
+    for node in m.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        t = inits[node.input[1]]
+        if len(t.dims) != 2 or t.data_type != TensorProto.FLOAT:
+            continue
+        matmul(node.name or node.output[0], node.input[0], _weight_f32(t), node.output[0])
+        remove.add(node.name)
+    head = _find(m, "lm_head/gemm")
+    table = head.input[1]
+    p = matmul("lm_head", head.input[0], np.ascontiguousarray(_weight_f32(inits[table]).T), head.output[0])
+    remove.add(head.name)
+    _replace_nodes(m, remove, new_nodes)
+    _tied_8bit_lookup(m, table, p + "/codes", p + "/zero_point" if _init(m, p + "/zero_point") else None,
+                      p + "/scale")
+    _drop_unused_initializers(m)
+    return m
+
+
+def _tied_8bit_lookup(m, table: str, codes: str, zero_point: str | None, scale: str):
+    """The token lookup reads its row from the lm_head's 8-bit [K, V] codes (Gather on axis 1, dequantized by
+    hand: (code - zero point) * scale, per token when the scale is per channel), so the fp32 table disappears."""
+    from onnx import TensorProto, helper
+
+    gather = _token_gather(m, table)
+    if gather is None:
+        return
+    per_row = len(_init(m, scale).dims) > 0
+    q, mk = "embed_tokens/q8", helper.make_node
+    nodes = [mk("Gather", [codes, "input_ids"], [q + "/cols"], axis=1, name=q + "/cols"),
+             mk("Transpose", [q + "/cols"], [q + "/rows"], perm=[1, 2, 0], name=q + "/rows"),
+             mk("Cast", [q + "/rows"], [q + "/rows_f"], to=TensorProto.FLOAT, name=q + "/rows_f")]
+    centered = q + "/rows_f"
+    if zero_point is not None:
+        nodes.append(mk("Cast", [zero_point], [q + "/zp_f"], to=TensorProto.FLOAT, name=q + "/zp_f"))
+        zp = q + "/zp_f"
+        if per_row:
+            nodes += [mk("Gather", [zp, "input_ids"], [q + "/zp_g"], axis=0, name=q + "/zp_g"),
+                      mk("Unsqueeze", [q + "/zp_g", "q8rows/last_axis"], [q + "/zp_row"], name=q + "/zp_row")]
+            zp = q + "/zp_row"
+        nodes.append(mk("Sub", [q + "/rows_f", zp], [q + "/centered"], name=q + "/centered"))
+        centered = q + "/centered"
+    sc = scale
+    if per_row:
+        nodes += [mk("Gather", [scale, "input_ids"], [q + "/sc_g"], axis=0, name=q + "/sc_g"),
+                  mk("Unsqueeze", [q + "/sc_g", "q8rows/last_axis"], [q + "/sc_row"], name=q + "/sc_row")]
+        sc = q + "/sc_row"
+    nodes.append(mk("Mul", [centered, sc], list(gather.output), name=q + "/out"))
+    _replace_nodes(m, {gather.name}, nodes)
 
 
 # --------------------------------------------------------------------------- blockwise (MatMulNBits layout)
@@ -406,43 +538,7 @@ def _dynamic(m, weight_type: str, per_channel: bool):
                          per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
                          extra_options={"MatMulConstBOnly": True})
         q = onnx.load(str(dst))
-    _tied_8bit_lookup(q)
     return q
-
-
-def _tied_8bit_lookup(m):
-    """After quantize_dynamic: the lm_head reads an 8-bit transposed copy [K, V] of the tied table; make the
-    token lookup decode rows from that copy too (Gather on axis 1 + DequantizeLinear by hand) so the fp32
-    table disappears from the file."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    mm = next((n for n in m.graph.node if n.op_type == "MatMulInteger" and n.name.startswith("lm_head/")), None)
-    if mm is None:
-        return
-    bq, bzp = mm.input[1], mm.input[3]
-    table = bq[: -len("_Transposed_quantized")] if bq.endswith("_Transposed_quantized") else None
-    gather = _token_gather(m, table) if table else None
-    scale = bq[: -len("_quantized")] + "_scale"
-    if gather is None or _init(m, scale) is None:
-        return
-    per_row = len(_init(m, scale).dims) > 0
-    q, mk = "embed_tokens/q8", helper.make_node
-    m.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), q + "/last"))
-    nodes = [mk("Gather", [bq, "input_ids"], [q + "/cols"], axis=1, name=q + "/cols"),
-             mk("Transpose", [q + "/cols"], [q + "/rows"], perm=[1, 2, 0], name=q + "/rows"),
-             mk("Cast", [q + "/rows"], [q + "/rows_f"], to=TensorProto.FLOAT, name=q + "/rows_f"),
-             mk("Cast", [bzp], [q + "/zp_f"], to=TensorProto.FLOAT, name=q + "/zp_f")]
-    zp, sc = q + "/zp_f", scale
-    if per_row:
-        nodes += [mk("Gather", [q + "/zp_f", "input_ids"], [q + "/zp_g"], axis=0, name=q + "/zp_g"),
-                  mk("Unsqueeze", [q + "/zp_g", q + "/last"], [q + "/zp_row"], name=q + "/zp_row"),
-                  mk("Gather", [scale, "input_ids"], [q + "/sc_g"], axis=0, name=q + "/sc_g"),
-                  mk("Unsqueeze", [q + "/sc_g", q + "/last"], [q + "/sc_row"], name=q + "/sc_row")]
-        zp, sc = q + "/zp_row", q + "/sc_row"
-    nodes += [mk("Sub", [q + "/rows_f", zp], [q + "/centered"], name=q + "/centered"),
-              mk("Mul", [q + "/centered", sc], list(gather.output), name=q + "/out")]
-    _replace_nodes(m, {gather.name}, nodes)
-    _drop_unused_initializers(m)
 
 
 def _bnb4_layers(m):
@@ -474,12 +570,8 @@ def _make_variant(fp32_model, dtype: str):
         return m
     if dtype == "fp16":
         return _fp16(m)
-    if dtype == "q8":
-        return _dynamic(m, "QUInt8", per_channel=False)
-    if dtype == "uint8":
-        return _dynamic(m, "QUInt8", per_channel=True)
-    if dtype == "int8":
-        return _dynamic(m, "QInt8", per_channel=True)
+    if dtype in ("q8", "uint8", "int8"):
+        return _dynamic_rows(m, signed=dtype == "int8", per_channel=dtype != "q8")
     if dtype in ("q4", "q4f16", "q2"):
         act = np.float16 if dtype == "q4f16" else np.float32
         if dtype == "q4f16":
