@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class Loaded:
     files: list
     adapter: dict = field(default_factory=dict)
     bytes: int = 0
+    #: wall-clock ms: "files" (fetch or cache read + verification, all files at once) and one
+    #: "session:<module>" per InferenceSession created
+    timings: dict = field(default_factory=dict)
 
     def __getitem__(self, module: str):
         return self.sessions[module]
@@ -378,7 +382,9 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
         await events.warning(w)
     n_before = len(repo.warnings)
 
+    t0 = time.perf_counter()
     datas = await asyncio.gather(*(repo.file(f, events=events) for f in all_files))
+    timings = {"files": round((time.perf_counter() - t0) * 1000, 1)}
     by_path = dict(zip(all_files, datas))
     warnings.extend(repo.warnings[n_before:])
 
@@ -395,13 +401,15 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
                 keep = [n for n in onnx_output_names(by_path[main[0]]) if n.startswith("present")]
             else:
                 keep = []
+            t0 = time.perf_counter()
             sessions[m] = await backend.create_session(by_path[main[0]], device=plan.device,
                                                        external_data=external or None, keep_on_device=keep)
+            timings[f"session:{m}"] = round((time.perf_counter() - t0) * 1000, 1)
     except BaseException:
         for s in sessions.values():
             s.dispose()
         raise
     loaded = Loaded(sessions=sessions, dtypes=dict(plan.dtypes), device=plan.device, warnings=warnings,
-                    files=all_files, adapter=dict(adapter), bytes=plan.bytes)
+                    files=all_files, adapter=dict(adapter), bytes=plan.bytes, timings=timings)
     await events.ready(dtypes=loaded.dtypes, device=loaded.device)
     return loaded

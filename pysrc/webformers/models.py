@@ -85,6 +85,7 @@ class CausalLM(GenerationMixin):
         self.dtype = dtype
         self.device = device if device is not None else getattr(session, "device", None)
         self.warnings = list(warnings)
+        self.load_timings: dict = {}  # set by from_pretrained: see loading.Loaded.timings
         self.tokenizer = tokenizer
         gc = generation_config if generation_config is not None else GenerationConfig()
         if gc.eos_token_id is None and self.config.get("eos_token_id") is not None:
@@ -161,6 +162,8 @@ class AutoModelForCausalLM:
             kw["max_bytes"] = max_bytes
         loaded = await load_sessions(repo, [module], **kw)
         dtypes = getattr(loaded, "dtypes", {}) or {}
-        return CausalLM(loaded.sessions[module], config, GenerationConfig.from_dict(gen),
-                        dtype=dtypes.get(module) if isinstance(dtypes, dict) else dtypes,
-                        device=getattr(loaded, "device", None), warnings=getattr(loaded, "warnings", ()))
+        lm = CausalLM(loaded.sessions[module], config, GenerationConfig.from_dict(gen),
+                      dtype=dtypes.get(module) if isinstance(dtypes, dict) else dtypes,
+                      device=getattr(loaded, "device", None), warnings=getattr(loaded, "warnings", ()))
+        lm.load_timings = dict(getattr(loaded, "timings", None) or {})
+        return lm

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import asyncio
+
 from .generation.utils import trim_stop_strings
 from .models import AutoModelForCausalLM, AutoTokenizer, open_repo
 
@@ -29,10 +31,17 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision="m
             model, dtype=dtype, device=device, revision=revision, host=host,
             progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)
     repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
-    tokenizer = await AutoTokenizer.from_pretrained(repo)
-    lm = await AutoModelForCausalLM.from_pretrained(repo, dtype=dtype, device=device,
-                                                    progress_callback=progress_callback, strict=strict,
-                                                    max_bytes=max_bytes)
+    # the tokenizer is parsed while the model files are read (both wait on the cache / network)
+    tokenizer, lm = await asyncio.gather(
+        AutoTokenizer.from_pretrained(repo),
+        AutoModelForCausalLM.from_pretrained(repo, dtype=dtype, device=device, progress_callback=progress_callback,
+                                             strict=strict, max_bytes=max_bytes),
+        return_exceptions=True)
+    for failed in (tokenizer, lm):
+        if isinstance(failed, BaseException):
+            if not isinstance(lm, BaseException):
+                lm.dispose()
+            raise failed
     lm.tokenizer = tokenizer
     return TextGenerationPipeline(lm, tokenizer)
 
