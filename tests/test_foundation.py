@@ -74,6 +74,25 @@ def test_boot_imports_and_timings(shared_page):
     assert "Ready" in shared_page.locator("#boot-status").inner_text()
 
 
+def test_thread_count_is_a_boot_option(shared_page):
+    """onnxruntime-web's WASM thread count is a WebformersClient option (the page sets it before anything
+    loads); default: every core when cross-origin isolated."""
+    got = shared_page.evaluate("""async () => {
+      const { WebformersClient } = await import("./wf-client.js");
+      const c = new WebformersClient({ threads: 1 });
+      await c.ready;
+      const n = await c.runPython("import js\\nint(js.ort.env.wasm.numThreads)");
+      c.worker.terminate();
+      let bad = null;
+      try { new WebformersClient({ threads: 0 }); } catch (e) { bad = String(e.message); }
+      return { n, bad, cores: navigator.hardwareConcurrency, isolated: self.crossOriginIsolated };
+    }""")
+    assert got["n"] == 1, got
+    assert got["bad"] == "threads must be a positive integer, got 0", got
+    default = run_py(shared_page, "import js\nint(js.ort.env.wasm.numThreads)")
+    assert got["isolated"] and default == min(4, got["cores"]), (default, got)
+
+
 @pytest.mark.parametrize("device", ["wasm", "webgpu"])
 def test_bridge_matches_cpython_onnxruntime(shared_page, nbits_model, device):
     path, url = nbits_model

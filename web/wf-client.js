@@ -1,7 +1,14 @@
 // Page-side client of the webformers worker: boot status, running Python, events.
+// Options: `threads` — onnxruntime-web's WASM thread count (default: every core when the page is
+// cross-origin isolated, else 1); it is fixed when the worker boots.
 export class WebformersClient extends EventTarget {
-  constructor(workerUrl = new URL("./worker.js", import.meta.url)) {
+  constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null } = {}) {
     super();
+    workerUrl = new URL(workerUrl);
+    if (threads !== null) {
+      if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
+      workerUrl.searchParams.set("threads", String(threads));
+    }
     this.events = [];
     this.timings = null;
     this.bootError = null;

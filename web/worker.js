@@ -8,12 +8,16 @@
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 
 const base = new URL("./", import.meta.url);
+// ?threads=N (WebformersClient's `threads` option): onnxruntime-web's WASM thread count, read once when
+// its WASM module starts (the first session)
+const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads")) || 0;
 let ort = null;
 
 async function loadOrt() {
   ort = await import("./ort/ort.webgpu.min.mjs");
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  const all = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  ort.env.wasm.numThreads = requestedThreads ? Math.min(requestedThreads, all) : all;
   ort.env.logLevel = "error";
   self.ort = ort;
   return ort;
@@ -94,12 +98,18 @@ async function boot() {
   if (!siteResp.ok) throw new Error(`site.json is missing (HTTP ${siteResp.status}): run python build.py build`);
   const site = await siteResp.json();
 
+  // Our wheels (checked against site.json's sha256) and onnxruntime-web's module download while
+  // Pyodide starts; errors surface where they are awaited, in boot order.
+  const wheelBytes = site.wheels.map((w) => fetchVerified(new URL(`wheels/${w.file}`, base), w.sha256, `wheel ${w.file}`));
+  const ortLoaded = loadOrt();
+  for (const p of [...wheelBytes, ortLoaded]) p.catch(() => {});  // handled where awaited below
+
   // Pyodide core and its packages (numpy, micropip, packaging) from this origin only. Pyodide can
   // hang on a missing core file, so check they are there first.
-  for (const f of site.pyodide_core || []) {
+  await Promise.all((site.pyodide_core || []).map(async (f) => {
     const r = await fetch(new URL(`pyodide/${f}`, base), { method: "HEAD" });
     if (!r.ok) throw new Error(`Pyodide core file pyodide/${f} is missing (HTTP ${r.status}): rebuild the site`);
-  }
+  }));
   pyodide = await loadPyodide({ indexURL: new URL("pyodide/", base).href, fullStdLib: false });
   lap("pyodide");
   const errors = [];
@@ -117,10 +127,10 @@ async function boot() {
   }
   lap("numpy");
 
-  // Our wheels: fetched, checked against site.json's sha256, written to the in-memory FS, installed.
+  // Our wheels: written to the in-memory FS, installed.
   const paths = [];
-  for (const w of site.wheels) {
-    const bytes = await fetchVerified(new URL(`wheels/${w.file}`, base), w.sha256, `wheel ${w.file}`);
+  for (const [i, w] of site.wheels.entries()) {
+    const bytes = await wheelBytes[i];
     const path = `/tmp/wheels/${w.file}`;
     pyodide.FS.mkdirTree("/tmp/wheels");
     pyodide.FS.writeFile(path, bytes);
@@ -140,7 +150,7 @@ async function boot() {
 
   // onnxruntime-web, then the Python side of the bridge.
   try {
-    await loadOrt();
+    await ortLoaded;
   } catch (e) {
     throw new Error(`onnxruntime-web (ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
   }
