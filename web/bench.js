@@ -3,6 +3,7 @@
 // Page: one measured run per page load, configured by the query string
 //   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1&max_new_tokens=32
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
+//    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
 // window.benchResult is set to {ok: true, ...figures} or {ok: false, error} when the run ends.
 // All times are taken on the page's clock (performance.now(), ms since navigation start) for both
 // libraries, each running in its own dedicated worker, so message latency is the same on both sides.
@@ -122,10 +123,15 @@ async function workerMain() {
              ort_version: onnx.versions ? onnx.versions.web || onnx.versions.common : "" };
   }
 
+  // tokenizer and model load concurrently, as in webformers' pipeline(); each part is timed to its own end
   async function load({ model: id, dtype, device }) {
-    tokenizer = await T.AutoTokenizer.from_pretrained(id);
-    model = await T.AutoModelForCausalLM.from_pretrained(id, { dtype, device });
-    return { num_threads: self.__benchOnnxEnv.wasm.numThreads };
+    const t0 = performance.now();
+    const timed = async (p) => { const v = await p; return [v, performance.now() - t0]; };
+    const [[tok, tokenizer_ms], [m, model_ms]] = await Promise.all([
+      timed(T.AutoTokenizer.from_pretrained(id)), timed(T.AutoModelForCausalLM.from_pretrained(id, { dtype, device }))]);
+    tokenizer = tok;
+    model = m;
+    return { num_threads: self.__benchOnnxEnv.wasm.numThreads, tokenizer_ms, model_ms };
   }
 
   async function generate({ ids, prompt, max_new_tokens }) {
@@ -190,13 +196,19 @@ import js, json
 js.eval(${JSON.stringify(MEMORY_PROBE)})
 from webformers import AutoModelForCausalLM, AutoTokenizer
 _a = json.loads(${JSON.stringify(JSON.stringify(a))})
-js.ort.env.wasm.numThreads = _a["threads"]
 js.eval(${JSON.stringify(RUN_PROBE)})(js.ort)
-bench_tok = await AutoTokenizer.from_pretrained(_a["model"])
-bench_model = await AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"],
-                                                         strict=True)
+import asyncio, time as _time
+_t0 = _time.perf_counter()
+async def _timed(coro):
+    value = await coro
+    return value, (_time.perf_counter() - _t0) * 1000
+# tokenizer and model concurrently, as pipeline() loads them; each part timed to its own end
+(bench_tok, _tok_ms), (bench_model, _model_ms) = await asyncio.gather(
+    _timed(AutoTokenizer.from_pretrained(_a["model"])),
+    _timed(AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"], strict=True)))
 {"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings],
- "num_threads": int(js.ort.env.wasm.numThreads)}
+ "num_threads": int(js.ort.env.wasm.numThreads), "tokenizer_ms": _tok_ms, "model_ms": _model_ms,
+ "model_load_timings": dict(bench_model.load_timings)}
 `;
 
 const PY_GENERATE = (a) => `
@@ -289,7 +301,7 @@ export async function runBench(cfg, log = () => {}) {
   let lib;
   if (cfg.lib === "webformers") {
     const { WebformersClient } = await import("./wf-client.js");
-    const wf = new WebformersClient();
+    const wf = new WebformersClient({ threads: cfg.threads });
     window.wf = wf;
     wf.addEventListener("wf-event", (e) => {
       if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());
@@ -301,11 +313,13 @@ export async function runBench(cfg, log = () => {}) {
     const t0 = performance.now();
     r.loaded = await wf.runPython(PY_LOAD(cfg));
     r.load_ms = performance.now() - t0;
-    log("generating…");
-    tGen = performance.now();
-    const g = await wf.runPython(PY_GENERATE(cfg));
-    r.gen_ms = performance.now() - tGen;
-    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms: g.ort_run_ms });
+    if (cfg.generate !== false) {
+      log("generating…");
+      tGen = performance.now();
+      const g = await wf.runPython(PY_GENERATE(cfg));
+      r.gen_ms = performance.now() - tGen;
+      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms: g.ort_run_ms });
+    }
     r.memory = { ...await wf.runPython(PY_MEMORY), ...await pageMemory() };
     wf.worker.terminate();
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
@@ -320,11 +334,13 @@ export async function runBench(cfg, log = () => {}) {
     const t0 = performance.now();
     r.loaded = await w.call("load", cfg);
     r.load_ms = performance.now() - t0;
-    log("generating…");
-    tGen = performance.now();
-    const g = await w.call("generate", cfg);
-    r.gen_ms = performance.now() - tGen;
-    Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms });
+    if (cfg.generate !== false) {
+      log("generating…");
+      tGen = performance.now();
+      const g = await w.call("generate", cfg);
+      r.gen_ms = performance.now() - tGen;
+      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms });
+    }
     r.memory = { ...await w.call("memory"), ...await pageMemory() };
     w.worker.terminate();
     lib = { name: "transformers.js", version: info.version, ort: info.ort, ort_version: info.ort_version };
@@ -333,7 +349,7 @@ export async function runBench(cfg, log = () => {}) {
   }
   r.library = lib;
   r.new_tokens = tokens.length;
-  r.prompt_tokens = r.prompt_ids.length;
+  r.prompt_tokens = r.prompt_ids ? r.prompt_ids.length : null;
   if (tokens.length) {
     r.ttft_ms = tokens[0] - tGen;
     r.page_to_first_token_ms = tokens[0];
@@ -363,6 +379,7 @@ function parseConfig(params) {
     prompt: params.get("prompt") || "Once upon a time",
     ids: null,
     tjs_ort: params.get("tjs_ort") || "site",
+    generate: params.get("generate") !== "0",
   };
   if (!["webformers", "transformers.js"].includes(cfg.lib)) {
     throw new Error(`lib must be webformers or transformers.js, got ${JSON.stringify(cfg.lib)}`);
