@@ -203,6 +203,26 @@ def test_repo_layout_and_report(whisper_root):
     assert gen["decoder_start_token_id"] == 50257 and gen["no_timestamps_token_id"] == 50362
 
 
+def test_report_cli_prints_the_wer_grid(whisper_root, capsys):
+    from webformers.cli import main
+    from webformers.toolchain.quantize import SUPPORTED
+
+    root, _ = whisper_root
+    repo = root / MODEL
+    rep = json.loads((repo / "quantization_report.json").read_text())
+    assert main(["report", str(repo)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "WER, encoder_model (rows) x decoder_model_merged (columns):"
+    assert out[1].split() == ["encoder", *SUPPORTED]
+    wer = {(g["encoder_model"], g["decoder_model_merged"]): g["wer"] for g in rep["grid"]}
+    for line in out[3:3 + len(SUPPORTED)]:
+        enc, *cells = line.split()
+        assert cells == [f"{wer[enc, d]:.3f}" for d in SUPPORTED], line
+    r = rep["recommended"]
+    assert any(ln.startswith("recommended") and f"encoder_model {r['encoder_model']} + decoder_model_merged "
+               f"{r['decoder_model_merged']}" in ln for ln in out), out[-3:]
+
+
 def test_pipeline_transcribes_and_matches_reference_loop(whisper_root):
     from webformers import pipeline
     from webformers.toolchain.whisper import transcribe_files

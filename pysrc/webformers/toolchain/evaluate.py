@@ -218,8 +218,38 @@ def write_chart(report: dict, path) -> Path:
     return Path(path)
 
 
+def _text_table(cols, rows, left: int = 1) -> list[str]:
+    """Aligned plain-text table; the first ``left`` columns are labels (left-aligned), the rest numbers."""
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) if i < left else v.rjust(w)  # noqa: E731
+                                  for i, (v, w) in enumerate(zip(vals, widths)))
+    return [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _format_wer_grid(report: dict) -> str:
+    """A two-module speech report: WER of every encoder x decoder pair, module sizes, the recommendation."""
+    enc_name, dec_name = list(report["modules"])[:2]
+    encs, decs = list(report["modules"][enc_name]), list(report["modules"][dec_name])
+    wer = {(g[enc_name], g[dec_name]): g["wer"] for g in report["grid"]}
+    out = [f"WER, {enc_name} (rows) x {dec_name} (columns):"]
+    out += _text_table([enc_name.split("_")[0]] + decs,
+                       [[e] + [f"{wer[e, d]:.3f}" if (e, d) in wer else "-" for d in decs] for e in encs])
+    out.append("\nMB:")
+    out += _text_table(["module"] + encs, [[m] + [f"{report['modules'][m][d]['bytes'] / 1e6:.1f}"
+                                                 if d in report["modules"][m] else "-" for d in encs]
+                                           for m in (enc_name, dec_name)])
+    r = report.get("recommended")
+    if r:
+        out.append(f"\nrecommended ({r.get('rule', '')}): {enc_name} {r[enc_name]} + {dec_name} {r[dec_name]}, "
+                   f"WER {r['wer']:.3f}, {r['bytes'] / 1e6:.1f} MB (fp32: WER {r.get('fp32_wer', float('nan')):.3f}, "
+                   f"{r.get('fp32_bytes', 0) / 1e6:.1f} MB)")
+    return "\n".join(out)
+
+
 def format_table(report: dict) -> str:
     """The report as a plain-text table (``webformers report``)."""
+    if report.get("grid"):
+        return _format_wer_grid(report)
     cols = ("module", "dtype", "bytes", "ratio", "bits/w", "KL", "top-1", "ppl", "greedy")
     rows = []
     for module, variants in report["modules"].items():
@@ -227,9 +257,7 @@ def format_table(report: dict) -> str:
             rows.append((module, d, f"{r['bytes']:,}", f"{r.get('ratio', float('nan')):.3f}",
                          f"{r.get('bits_per_weight', float('nan')):.2f}", f"{r['kl']:.4g}", f"{r['top1']:.3f}",
                          f"{r.get('perplexity', float('nan')):.2f}", f"{r.get('greedy_agreement', float('nan')):.3f}"))
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
-    out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out = _text_table(cols, rows, left=2)
     e = report.get("eval")
     if e:
         out.append(f"\nheld-out: {e.get('positions')} positions; greedy: {len(e.get('prompts', []))} prompts x "
