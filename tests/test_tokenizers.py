@@ -372,7 +372,9 @@ def test_stream_cleanup_chunks_equal_full_cleanup(trained):
 
 # ----------------------------------------------------------------------------------------------- speed
 
-def test_encode_speed_2000_tokens(smollm2_dir, smollm2):
+def test_encode_2000_tokens(smollm2_dir, smollm2):
+    """2,000 tokens of prose and code encode exactly like HF tokenizers; the times are printed, not asserted
+    (the browser figures are in `build.py bench`)."""
     _, hf = smollm2
     # varied prose + code (stdlib docs) so the per-word cache starts cold, plus the multilingual corpus
     lines, n_tokens = list(fx.CORPUS), 0
@@ -397,7 +399,6 @@ def test_encode_speed_2000_tokens(smollm2_dir, smollm2):
     assert ids == hf.encode(text).ids
     print(f"\n[tokenizer speed] {n_tokens} tokens: load {t_load * 1e3:.0f} ms, "
           f"cold encode {t_cold * 1e3:.1f} ms, warm encode {t_warm * 1e3:.1f} ms")
-    assert t_cold < 2.0 and t_warm < 1.0
 
 
 # ------------------------------------------------------------------------------------------- in Pyodide
