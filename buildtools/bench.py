@@ -58,6 +58,8 @@ METRICS = [
     ("prefill_tokens_per_s", "prefill", "tokens/s", "higher"),
     ("ort_run_ms", "ORT session.run per decode step (worker clock)", "ms", "lower"),
     ("non_ort_step_ms", "rest of each decode step (library + bridge + messages)", "ms", "lower"),
+    ("encode_cold_ms", "encode a ~2,000-token text, first call (worker clock)", "ms", "lower"),
+    ("encode_warm_ms", "encode it again (per-word caches warm)", "ms", "lower"),
     ("peak_memory_mb", "memory after generation (measureUserAgentSpecificMemory)", "MB", "lower"),
     ("wasm_memory_mb", "WASM memory (all instances)", "MB", "lower"),
     ("gpu_buffers_peak_mb", "GPU buffers, peak", "MB", "lower"),
@@ -75,6 +77,22 @@ class BenchError(RuntimeError):
 # ------------------------------------------------------------------------------------ inputs
 def repo_dir(model: str) -> Path:
     return SITE / "models" / model
+
+
+ENCODE_TOKENS = 2000
+
+
+def encode_text(model: str) -> tuple[str, int]:
+    """~2,000 tokens of varied prose and code (stdlib docstrings) for the tokenizer benchmark: (text, tokens)."""
+    from tokenizers import Tokenizer
+
+    from webformers.toolchain.evaluate import held_out_text
+
+    tok = Tokenizer.from_file(str(repo_dir(model) / "tokenizer.json"))
+    text = held_out_text()[-60_000:]  # the tail: the quality report's windows come from the head
+    enc = tok.encode(text, add_special_tokens=False)
+    end = enc.offsets[ENCODE_TOKENS][0]
+    return text[:end], len(tok.encode(text[:end], add_special_tokens=False).ids)
 
 
 def check_models(matrix) -> None:
@@ -217,6 +235,9 @@ def run_figures(cold: dict, warm: dict) -> dict:
         f["warm_model_ms"] = loaded.get("model_ms")
         if warm.get("ort_run_ms"):
             f["prefill_ort_ms"] = warm["ort_run_ms"][0]
+        enc = warm.get("encode") or {}
+        f["encode_cold_ms"] = enc.get("cold_ms")
+        f["encode_warm_ms"] = enc.get("warm_ms")
         f["warm_page_to_first_token_ms"] = warm.get("page_to_first_token_ms")
         runs = (warm.get("ort_run_ms") or [])[1:]  # the first run is the prefill
         if runs and warm.get("decode_tokens_per_s"):
@@ -254,6 +275,13 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
         raise BenchError(f"{CHROMIUM} is missing: run `python3 build.py setup`")
     check_models(matrix)
     ids_by_model = {m: prompt_ids(m) for m in {c[0] for c in matrix}}
+    import tempfile
+    encode_dir = Path(tempfile.mkdtemp(prefix="webformers-bench-"))
+    encode_tokens = {}
+    for i, m in enumerate(sorted(ids_by_model)):
+        text, encode_tokens[m] = encode_text(m)
+        (encode_dir / f"{i}.txt").write_text(text)
+    encode_files = {m: f"{i}.txt" for i, m in enumerate(sorted(ids_by_model))}
     t_start = time.time()
     site = json.loads((SITE / "site.json").read_text())
     result = {
@@ -267,8 +295,10 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
     }
     for model, dtype, device, ratios_only in matrix:
         result["configs"].append({"model": model, "dtype": dtype, "device": device, "ratios_only": ratios_only,
-                                  "prompt_tokens": len(ids_by_model[model]), "rounds": []})
+                                  "prompt_tokens": len(ids_by_model[model]), "encode_tokens": encode_tokens[model],
+                                  "rounds": []})
     srv = serve(SITE)
+    encode_url = srv.add_root("/bench-data/", encode_dir)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -285,7 +315,8 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
                 for cfg in result["configs"]:
                     params_base = {"model": cfg["model"], "dtype": cfg["dtype"], "device": cfg["device"],
                                    "threads": threads, "max_new_tokens": max_new_tokens, "tjs_ort": tjs_ort,
-                                   "ids": ",".join(map(str, ids_by_model[cfg["model"]]))}
+                                   "ids": ",".join(map(str, ids_by_model[cfg["model"]])),
+                                   "encode_url": encode_url + encode_files[cfg["model"]]}
                     entry = {"round": rnd, "order": list(order)}
                     for lib in order:
                         ctx = browser.new_context()
@@ -305,6 +336,11 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
                     wf_ids = entry["webformers"]["warm"].get("ids")
                     tj_ids = entry["transformers.js"]["warm"].get("ids")
                     entry["greedy_outputs_equal"] = (wf_ids == tj_ids) if wf_ids and tj_ids else None
+                    encodes = [entry[lib]["warm"].get("encode") or {} for lib in LIBS]
+                    if all(e.get("ids") for e in encodes):
+                        entry["encode_ids_equal"] = encodes[0]["ids"] == encodes[1]["ids"]
+                    for e in encodes:
+                        e.pop("ids", None)
                     if native and cfg["device"] == "wasm":
                         try:
                             nat = native_run(cfg["model"], cfg["dtype"], ids_by_model[cfg["model"]],
@@ -361,6 +397,8 @@ def aggregate(result: dict) -> None:
             cfg["webformers_step_profile"] = {k: summarize([p[k] for p in prof]) for k in prof[0]}
         eq = [e.get("greedy_outputs_equal") for e in cfg["rounds"]]
         cfg["greedy_outputs_equal"] = all(eq) if eq and None not in eq else None
+        enc = [e.get("encode_ids_equal") for e in cfg["rounds"]]
+        cfg["encode_ids_equal"] = all(enc) if enc and None not in enc else None
         cfg["failures"] = [{"round": e["round"], "lib": lib, "run": kind, "error": _last_line(e[lib][kind].get("error"))}
                            for e in cfg["rounds"] for lib in LIBS for kind in ("cold", "warm")
                            if not e[lib][kind].get("ok")]
@@ -420,7 +458,8 @@ def markdown(result: dict) -> str:
         if c["ratios_only"]:
             title += " (software WebGPU: ratios only)"
         lines += [title, "", f"Prompt: {c['prompt_tokens']} tokens. Greedy outputs equal (webformers vs "
-                  f"transformers.js): {c['greedy_outputs_equal']}.", ""]
+                  f"transformers.js): {c['greedy_outputs_equal']}. Tokenizer benchmark: "
+                  f"{c.get('encode_tokens')} tokens, ids equal: {c.get('encode_ids_equal')}.", ""]
         lines += ["| figure | webformers | transformers.js | ratio wf/tjs |", "|---|---|---|---|"]
         for key, label, unit, better in METRICS:
             a = c["summary"]["webformers"].get(key)

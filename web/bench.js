@@ -4,6 +4,7 @@
 //   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1&max_new_tokens=32
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
 //    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
+//    &encode_url=URL (after generating: time encoding that text, the tokenizer benchmark)
 // window.benchResult is set to {ok: true, ...figures} or {ok: false, error} when the run ends.
 // All times are taken on the page's clock (performance.now(), ms since navigation start) for both
 // libraries, each running in its own dedicated worker, so message latency is the same on both sides.
@@ -177,7 +178,18 @@ async function workerMain() {
     return Array.from(tokenizer.encode(text));
   }
 
-  const handlers = { init, load, generate, forward, encode, memory: async () => self.__benchMemReport(),
+  // the tokenizer benchmark: encode a fetched text twice (cold, then with the per-word caches warm)
+  async function encodeBench({ url }) {
+    const text = await (await fetch(url)).text();
+    let t0 = performance.now();
+    const ids = tokenizer.encode(text, { add_special_tokens: false });
+    const cold_ms = performance.now() - t0;
+    t0 = performance.now();
+    tokenizer.encode(text, { add_special_tokens: false });
+    return { cold_ms, warm_ms: performance.now() - t0, tokens: ids.length, ids: Array.from(ids) };
+  }
+
+  const handlers = { init, load, generate, forward, encode, encodeBench, memory: async () => self.__benchMemReport(),
                      runs: async () => self.__benchRuns || null };
   self.onmessage = async (ev) => {
     const { id, type, args } = ev.data;
@@ -238,6 +250,17 @@ _out = await bench_model.generate(list(_ids), max_new_tokens=_a["max_new_tokens"
 _st = dict(bench_model.last_generation_stats or {})
 {"ids": [int(x) for x in _out[0, len(_ids):]], "prompt_ids": [int(x) for x in _ids], "text": "".join(_s.text),
  "stats": _st, "ort_run_ms": [float(x) for x in js.__benchRuns]}
+`;
+
+const PY_ENCODE = (url) => `
+import js, time
+_text = await (await js.fetch(${JSON.stringify(url)})).text()
+_t0 = time.perf_counter()
+_ids = bench_tok.encode(_text, add_special_tokens=False)
+_cold = (time.perf_counter() - _t0) * 1000
+_t0 = time.perf_counter()
+bench_tok.encode(_text, add_special_tokens=False)
+{"cold_ms": _cold, "warm_ms": (time.perf_counter() - _t0) * 1000, "tokens": len(_ids), "ids": [int(i) for i in _ids]}
 `;
 
 const PY_MEMORY = `
@@ -319,6 +342,7 @@ export async function runBench(cfg, log = () => {}) {
       const g = await wf.runPython(PY_GENERATE(cfg));
       r.gen_ms = performance.now() - tGen;
       Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms: g.ort_run_ms });
+      if (cfg.encode_url) r.encode = await wf.runPython(PY_ENCODE(cfg.encode_url));
     }
     r.memory = { ...await wf.runPython(PY_MEMORY), ...await pageMemory() };
     wf.worker.terminate();
@@ -340,6 +364,7 @@ export async function runBench(cfg, log = () => {}) {
       const g = await w.call("generate", cfg);
       r.gen_ms = performance.now() - tGen;
       Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms });
+      if (cfg.encode_url) r.encode = await w.call("encodeBench", { url: cfg.encode_url });
     }
     r.memory = { ...await w.call("memory"), ...await pageMemory() };
     w.worker.terminate();
@@ -380,6 +405,7 @@ function parseConfig(params) {
     ids: null,
     tjs_ort: params.get("tjs_ort") || "site",
     generate: params.get("generate") !== "0",
+    encode_url: params.get("encode_url"),
   };
   if (!["webformers", "transformers.js"].includes(cfg.lib)) {
     throw new Error(`lib must be webformers or transformers.js, got ${JSON.stringify(cfg.lib)}`);
