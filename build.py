@@ -151,6 +151,8 @@ def main(argv=None):
     p = sub.add_parser("bench", help="benchmark webformers vs transformers.js and onnxruntime (JSON + table)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="one dtype, one round")
+    p.add_argument("--threads", default="1",
+                   help="onnxruntime threads for every runtime (default 1), or 'default': each library's own")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-models", action="store_true")
     p.set_defaults(fn=bench)

@@ -262,8 +262,9 @@ def webformers_profile(warm: dict) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------ main loop
-def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budget_s: float = 14 * 60,
+def run(rounds: int, matrix, *, threads: int | None = 1, max_new_tokens: int = 32, budget_s: float = 14 * 60,
         tjs_ort: str = "site", native: bool = True) -> dict:
+    """``threads`` None: each library keeps its own default (native onnxruntime then gets webformers' count)."""
     from playwright.sync_api import sync_playwright
 
     from buildtools.server import serve
@@ -314,7 +315,8 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
                 order = LIBS if rnd % 2 == 0 else LIBS[::-1]
                 for cfg in result["configs"]:
                     params_base = {"model": cfg["model"], "dtype": cfg["dtype"], "device": cfg["device"],
-                                   "threads": threads, "max_new_tokens": max_new_tokens, "tjs_ort": tjs_ort,
+                                   "threads": threads or "default", "max_new_tokens": max_new_tokens,
+                                   "tjs_ort": tjs_ort,
                                    "ids": ",".join(map(str, ids_by_model[cfg["model"]])),
                                    "encode_url": encode_url + encode_files[cfg["model"]]}
                     entry = {"round": rnd, "order": list(order)}
@@ -343,8 +345,9 @@ def run(rounds: int, matrix, *, threads: int = 1, max_new_tokens: int = 32, budg
                         e.pop("ids", None)
                     if native and cfg["device"] == "wasm":
                         try:
+                            wf_threads = (entry["webformers"]["warm"].get("loaded") or {}).get("num_threads")
                             nat = native_run(cfg["model"], cfg["dtype"], ids_by_model[cfg["model"]],
-                                             max_new_tokens, threads)
+                                             max_new_tokens, threads or wf_threads or 1)
                             entry["native"] = nat
                             entry["native_equals_webformers"] = (nat["ids"] == wf_ids) if wf_ids else None
                         except Exception as e:  # reported, not fatal
@@ -439,12 +442,21 @@ def _fmt_ratio(s):
     return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f})" if s else "—"
 
 
+def _threads_text(result: dict) -> str:
+    if result["settings"]["threads"]:
+        return f"{result['settings']['threads']} (WASM and native)"
+    used = {lib: sorted({(r[lib]["warm"].get("loaded") or {}).get("num_threads") for c in result["configs"]
+                         for r in c["rounds"] if lib in r} - {None}) for lib in LIBS}
+    return ("each library's default (webformers: " + "/".join(map(str, used["webformers"])) +
+            ", transformers.js: " + "/".join(map(str, used["transformers.js"])) + "; native: webformers' count)")
+
+
 def markdown(result: dict) -> str:
     st = result["settings"]
     lines = [f"# webformers vs transformers.js — {result['date']}", "",
              f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}, Chromium "
-             f"{result['machine'].get('chromium', '?')} (headless; WebGPU = SwiftShader). Threads: {st['threads']} "
-             f"(WASM and native). Greedy, {st['max_new_tokens']} new tokens max, chat-formatted prompt "
+             f"{result['machine'].get('chromium', '?')} (headless; WebGPU = SwiftShader). Threads: {_threads_text(result)}. "
+             f"Greedy, {st['max_new_tokens']} new tokens max, chat-formatted prompt "
              f"\"{st['prompt']}\" fed as the same token ids to every runtime. transformers.js 4.3.1 on "
              f"{'the same onnxruntime-web 1.30.0 as webformers' if st['transformers_js_ort'] == 'site' else 'its bundled onnxruntime-web'}. "
              f"Rounds: {max((len(c['rounds']) for c in result['configs']), default=0)} "
@@ -541,14 +553,20 @@ def main(args) -> int:
     if quick:
         rounds = 1
     try:
-        result = run(rounds, matrix, threads=int(getattr(args, "threads", None) or 1),
+        threads = str(getattr(args, "threads", None) or "1")
+        if threads != "default" and not (threads.isdigit() and int(threads) >= 1):
+            print(f"bench: --threads must be a positive integer or 'default', got {threads!r}", file=sys.stderr)
+            return 2
+        threads = None if threads == "default" else int(threads)
+        result = run(rounds, matrix, threads=threads,
                      max_new_tokens=int(getattr(args, "max_new_tokens", None) or 32),
                      tjs_ort=getattr(args, "tjs_ort", None) or "site",
                      budget_s=float(getattr(args, "budget_s", None) or 14 * 60))
     except BenchError as e:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1
-    j, m = write(result, Path(getattr(args, "out", None) or RESULTS), "-quick" if quick else "")
+    suffix = ("-quick" if quick else "") + ("" if threads else "-default-threads")
+    j, m = write(result, Path(getattr(args, "out", None) or RESULTS), suffix)
     print(m.read_text())
     log(f"wrote {j} and {m}")
     failures = sum(len(c["failures"]) for c in result["configs"])
@@ -562,7 +580,8 @@ def _cli(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="SmolLM2 q4 on WASM, one round")
-    ap.add_argument("--threads", type=int, default=1, help="WASM and native onnxruntime threads (default 1)")
+    ap.add_argument("--threads", default="1", help="WASM and native onnxruntime threads (default 1), or "
+                    "'default': each library's own default")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--tjs-ort", choices=["site", "bundled"], default="site",
                     help="transformers.js on the site's onnxruntime-web (same as webformers) or its bundled one")

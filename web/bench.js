@@ -1,7 +1,7 @@
 // Benchmark page (bench.html) and, when loaded as a module worker, the transformers.js host.
 //
 // Page: one measured run per page load, configured by the query string
-//   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1&max_new_tokens=32
+//   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1|default&max_new_tokens=32
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
 //    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
 //    &encode_url=URL (after generating: time encoding that text, the tokenizer benchmark)
@@ -117,7 +117,7 @@ async function workerMain() {
       mjs: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.mjs`, base).href,
       wasm: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.wasm`, base).href,
     };
-    onnx.wasm.numThreads = threads;
+    if (threads) onnx.wasm.numThreads = threads;  // else onnxruntime-web's own default
     onnx.wasm.proxy = false;
     self.__benchOnnxEnv = onnx;
     return { version: env.version, ort: ort,
@@ -324,7 +324,7 @@ export async function runBench(cfg, log = () => {}) {
   let lib;
   if (cfg.lib === "webformers") {
     const { WebformersClient } = await import("./wf-client.js");
-    const wf = new WebformersClient({ threads: cfg.threads });
+    const wf = new WebformersClient(cfg.threads ? { threads: cfg.threads } : {});
     window.wf = wf;
     wf.addEventListener("wf-event", (e) => {
       if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());
@@ -399,7 +399,7 @@ function parseConfig(params) {
     model: params.get("model") || "HuggingFaceTB/SmolLM2-135M-Instruct",
     dtype: params.get("dtype") || "q4",
     device: params.get("device") || "wasm",
-    threads: num("threads", 1),
+    threads: params.get("threads") === "default" ? null : num("threads", 1),  // null: each library's default
     max_new_tokens: num("max_new_tokens", 32),
     prompt: params.get("prompt") || "Once upon a time",
     ids: null,
