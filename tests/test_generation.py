@@ -635,6 +635,27 @@ def test_tiny_llama_streaming_and_stop_strings_with_real_tokenizer(tiny_repo):
     assert lm.last_generation_stats["new_tokens"] < 20
 
 
+def test_pipeline_failure_while_loading_concurrently_frees_the_model(tiny_repo, tmp_path, monkeypatch):
+    """pipeline() loads the tokenizer and the model concurrently: when the tokenizer fails (here: a corrupted
+    tokenizer.json, caught by the manifest's sha256) the already-created model session is disposed."""
+    import shutil
+
+    from webformers import models
+    from webformers.pipelines import pipeline
+
+    repo = tmp_path / "webformers" / "tiny-random-llama"
+    shutil.copytree(tiny_repo, repo)
+    (repo / "tokenizer.json").write_text((repo / "tokenizer.json").read_text().replace("<", "[", 1))
+    disposed = []
+    real = models.CausalLM.dispose
+    monkeypatch.setattr(models.CausalLM, "dispose", lambda self: (disposed.append(self), real(self)))
+    monkeypatch.setenv("WEBFORMERS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Exception, match="tokenizer.json"):
+        run(pipeline("text-generation", "webformers/tiny-random-llama", dtype="fp32", device="wasm",
+                     host=str(tmp_path)))
+    assert len(disposed) == 1
+
+
 def test_from_pretrained_and_pipeline_through_the_store(tiny_repo):
     """AutoModelForCausalLM / AutoTokenizer / pipeline via ModelRepo (a local directory host)."""
     from webformers.models import AutoModelForCausalLM, AutoTokenizer
@@ -663,6 +684,9 @@ def test_from_pretrained_and_pipeline_through_the_store(tiny_repo):
 
     model, prompt, out, events, turn1, turn2, stats2, fresh2 = run(go())
     assert model.dtype == "q4" and events
+    # where loading spent its time: the files (read + verified) and the session
+    assert set(model.load_timings) == {"files", "session:model"}, model.load_timings
+    assert all(isinstance(v, float) and v >= 0 for v in model.load_timings.values())
     assert out[len(prompt):] == list(reference_greedy(tiny_repo, "q4", prompt, 10))[-10:]
     msgs = turn1[0]["generated_text"]
     assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[1]["content"]
