@@ -15,6 +15,11 @@ export class WebformersClient extends EventTarget {
     this._next = 1;
     this._pending = new Map();
     this.worker = new Worker(workerUrl, { type: "module" });
+    // Stop without a message: the worker reads this flag before every decode step, so a Stop reaches a
+    // busy generation loop at once instead of after the worker's queued messages (cross-origin isolated
+    // pages only; elsewhere the "cancel" message alone does it).
+    this._cancelFlag = self.crossOriginIsolated ? new Int32Array(new SharedArrayBuffer(4)) : null;
+    if (this._cancelFlag) this.worker.postMessage({ type: "cancel-flag", flag: this._cancelFlag });
     this.ready = new Promise((resolve, reject) => { this._boot = { resolve, reject }; });
     this.ready.catch(() => {});
     this.worker.onmessage = (ev) => this._onMessage(ev.data);
@@ -58,5 +63,8 @@ export class WebformersClient extends EventTarget {
     });
   }
 
-  cancel() { this.worker.postMessage({ type: "cancel" }); }
+  cancel() {
+    if (this._cancelFlag) Atomics.store(this._cancelFlag, 0, 1);
+    else this.worker.postMessage({ type: "cancel" });
+  }
 }

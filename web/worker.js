@@ -2,6 +2,7 @@
 //
 // Protocol (page -> worker): {id, type: "run", code}   run Python (top-level await allowed)
 //                            {type: "cancel"}           set the cancel flag read by generation
+//                            {type: "cancel-flag", flag} a shared Int32Array the page sets on Stop
 // (worker -> page):          {type: "boot", timings} | {type: "boot-error", message}
 //                            {id, type: "result", ok, value | error}
 //                            {type: "event", event}     progress / warning / stream events from Python
@@ -24,6 +25,7 @@ async function loadOrt() {
 }
 
 let cancelled = false;
+let cancelFlag = null;  // Int32Array on a SharedArrayBuffer the page writes on Stop (see wf-client.js)
 const post = (msg) => self.postMessage(msg);
 
 // Small helpers Python calls through `js.wfBridge` (see pysrc/webformers/backend/_ortweb.py).
@@ -61,8 +63,11 @@ self.wfBridge = {
     }
     return info;
   },
-  isCancelled: () => cancelled,
-  resetCancel() { cancelled = false; },
+  isCancelled: () => cancelled || (cancelFlag !== null && Atomics.load(cancelFlag, 0) === 1),
+  resetCancel() {
+    cancelled = false;
+    if (cancelFlag) Atomics.store(cancelFlag, 0, 0);
+  },
   sha256: async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes)),
 };
 
@@ -183,6 +188,7 @@ const booted = boot().then(
 self.onmessage = async (ev) => {
   const msg = ev.data;
   if (msg.type === "cancel") { cancelled = true; return; }
+  if (msg.type === "cancel-flag") { cancelFlag = msg.flag; return; }
   if (msg.type !== "run") return;
   if (!(await booted)) {
     post({ id: msg.id, type: "result", ok: false, error: "webformers did not boot" });
