@@ -89,20 +89,18 @@ def test_per_module_mapping_fetches_exactly_two_files(wf_page, hosts, whisper_fi
 
     root, _, clips = whisper_files
     host, urls = hosts
-    ref = transcribe_files(root / MODEL, "q4", "q8", clips[:1])
-    res = json.loads(run_py(wf_page, _load(host, "q4", "q8") + f"""
+    ref = transcribe_files(root / MODEL, "q4", "bnb4", clips[:1])
+    res = json.loads(run_py(wf_page, _load(host, "q4", "bnb4") + f"""
 text = (await webapp_asr.transcribe(await decode({urls[0]!r})))["text"]
 webapp_asr.dispose()
 json.dumps({{"info": info, "text": text}})
 """))
     onnx = sorted({u.rsplit("/", 1)[-1] for u in wf_page.requests if u.endswith(".onnx") or "onnx_data" in u})
-    assert onnx == ["decoder_model_merged_quantized.onnx", "encoder_model_q4.onnx"]
-    assert res["info"]["files"] == ["onnx/encoder_model_q4.onnx", "onnx/decoder_model_merged_quantized.onnx"]
-    # 8-bit activations are rounded at run time, and 1-ulp float differences between onnxruntime-web and CPython
-    # onnxruntime flip some of those roundings, so a near-tie token may flip: the transcripts must agree word for
-    # word but one
-    from webformers.toolchain.whisper_eval import normalize_text, _edit_distance
-    assert _edit_distance(normalize_text(ref[0]), normalize_text(res["text"])) <= 1, (ref[0], res["text"])
+    assert onnx == ["decoder_model_merged_bnb4.onnx", "encoder_model_q4.onnx"]
+    assert res["info"]["files"] == ["onnx/encoder_model_q4.onnx", "onnx/decoder_model_merged_bnb4.onnx"]
+    # the README's recommended pair rounds no activation at run time, so the page transcribes exactly like
+    # CPython onnxruntime (8-bit dynamic decoders can part on a 1-ulp float difference: see test_page.py)
+    assert res["text"] == ref[0], (ref[0], res["text"])
 
 
 def test_report_grid_and_not_audio_errors(shared_page, hosts, whisper_files):
