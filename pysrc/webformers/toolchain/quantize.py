@@ -4,8 +4,8 @@
 - q8 / uint8 / int8: every layer matmul and the tied lm_head → ``MatMulInteger`` with per-token activation
   scales (:func:`_dynamic_rows`, standard ops); q8 has per-tensor uint8 weights (the transformers.js
   ``_quantized`` file), uint8 per-channel uint8, int8 per-channel int8. The tied table is stored once, as the
-  lm_head's 8-bit codes. (Whisper's decoders, whose matmuls sit inside If subgraphs, use ``quantize_dynamic``
-  through :func:`_dynamic`.)
+  lm_head's 8-bit codes. (Whisper's encoders, which have no lm_head, still use ``quantize_dynamic`` through
+  :func:`_dynamic`; its decoders go through this path.)
 - q4 / q4f16 / q2: layer matmuls → ``MatMulNBits`` (block 32) with min/max blocks and *float* zero points,
   whose scale / zero point are double-quantized to 8-bit codes (:func:`_nbits_layers_dq`: 4.5 bits per
   weight for q4; a GGUF Q4_1 weight keeps its grid). ``MatMulNBitsQuantizer``'s integer zero points force
