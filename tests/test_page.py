@@ -306,11 +306,14 @@ def test_stop_button_halts_within_one_token(browser, server):
         _pick(page, TINY, "wasm", "fp32")
         _load_via_ui(page)
         _setting(page, "set-max-new-tokens", 400)
-        # click Stop (the real button) as soon as the 3rd piece of text arrives
+        # click Stop (the real button) as soon as the 3rd piece of text arrives; until then the main thread
+        # is slow to handle each piece (60 ms, a loaded machine) while the tiny model makes a token in a few
+        # ms: without the worker's back-pressure, pieces generated before the Stop would stream after it
         page.evaluate("""() => { window.__stop = { pieces: 0, at: null };
             window.wf.addEventListener('wf-event', (e) => {
               if (e.detail.status !== 'token') return;
               window.__stop.pieces++;
+              if (window.__stop.pieces < 3) { const t = performance.now(); while (performance.now() - t < 60); }
               if (window.__stop.pieces === 3) { document.getElementById('stop-button').click();
                                                 window.__stop.at = window.__stop.pieces; }
             }); }""")

@@ -15,11 +15,14 @@ export class WebformersClient extends EventTarget {
     this._next = 1;
     this._pending = new Map();
     this.worker = new Worker(workerUrl, { type: "module" });
-    // Stop without a message: the worker reads this flag before every decode step, so a Stop reaches a
-    // busy generation loop at once instead of after the worker's queued messages (cross-origin isolated
-    // pages only; elsewhere the "cancel" message alone does it).
-    this._cancelFlag = self.crossOriginIsolated ? new Int32Array(new SharedArrayBuffer(4)) : null;
-    if (this._cancelFlag) this.worker.postMessage({ type: "cancel-flag", flag: this._cancelFlag });
+    // Shared with the worker (cross-origin isolated pages only; elsewhere the "cancel" message does it):
+    // [0] Stop — the worker reads it before every decode step, so a Stop reaches a busy generation loop
+    //     at once instead of after the worker's queued messages;
+    // [1] streamed pieces this page has handled — the worker stays at most one piece ahead of it, so
+    //     text generated before a Stop cannot pile up in the message queue and keep streaming after it.
+    this._shared = self.crossOriginIsolated ? new Int32Array(new SharedArrayBuffer(8)) : null;
+    this._piecesHandled = 0;
+    if (this._shared) this.worker.postMessage({ type: "cancel-flag", flag: this._shared });
     this.ready = new Promise((resolve, reject) => { this._boot = { resolve, reject }; });
     this.ready.catch(() => {});
     this.worker.onmessage = (ev) => this._onMessage(ev.data);
@@ -47,6 +50,11 @@ export class WebformersClient extends EventTarget {
         if (this.events.length > 5000) this.events.splice(0, this.events.length - 5000);
       }
       this.dispatchEvent(new CustomEvent("wf-event", { detail: msg.event }));
+      if (this._shared && msg.event && msg.event.status === "token") {
+        // after the listeners ran (a Stop clicked in one of them is already set)
+        Atomics.store(this._shared, 1, ++this._piecesHandled);
+        Atomics.notify(this._shared, 1);
+      }
     } else if (msg.type === "result") {
       const p = this._pending.get(msg.id);
       this._pending.delete(msg.id);
@@ -64,7 +72,7 @@ export class WebformersClient extends EventTarget {
   }
 
   cancel() {
-    if (this._cancelFlag) Atomics.store(this._cancelFlag, 0, 1);
+    if (this._shared) Atomics.store(this._shared, 0, 1);
     else this.worker.postMessage({ type: "cancel" });
   }
 }

@@ -2,7 +2,7 @@
 //
 // Protocol (page -> worker): {id, type: "run", code}   run Python (top-level await allowed)
 //                            {type: "cancel"}           set the cancel flag read by generation
-//                            {type: "cancel-flag", flag} a shared Int32Array the page sets on Stop
+//                            {type: "cancel-flag", flag} a shared Int32Array: [0] Stop, [1] pieces handled
 // (worker -> page):          {type: "boot", timings} | {type: "boot-error", message}
 //                            {id, type: "result", ok, value | error}
 //                            {type: "event", event}     progress / warning / stream events from Python
@@ -25,7 +25,10 @@ async function loadOrt() {
 }
 
 let cancelled = false;
-let cancelFlag = null;  // Int32Array on a SharedArrayBuffer the page writes on Stop (see wf-client.js)
+// Int32Array on a SharedArrayBuffer shared with wf-client.js: [0] Stop, [1] streamed pieces the page handled
+let shared = null;
+let piecesPosted = 0;
+const PAGE_LAG_LIMIT_MS = 1000;
 const post = (msg) => self.postMessage(msg);
 
 // Small helpers Python calls through `js.wfBridge` (see pysrc/webformers/backend/_ortweb.py).
@@ -34,6 +37,7 @@ self.wfBridge = {
     const e = event && typeof event.toJs === "function"
       ? event.toJs({ dict_converter: Object.fromEntries }) : event;
     post({ type: "event", event: e });
+    if (shared !== null && e && e.status === "token") waitForPage(++piecesPosted);
   },
   // numpy array (as a PyProxy) -> ort.Tensor, copying once out of the Python heap.
   tensorFromPy(type, pyArray, dims) {
@@ -63,13 +67,26 @@ self.wfBridge = {
     }
     return info;
   },
-  isCancelled: () => cancelled || (cancelFlag !== null && Atomics.load(cancelFlag, 0) === 1),
+  isCancelled: () => cancelled || (shared !== null && Atomics.load(shared, 0) === 1),
   resetCancel() {
     cancelled = false;
-    if (cancelFlag) Atomics.store(cancelFlag, 0, 0);
+    if (shared) Atomics.store(shared, 0, 0);
   },
   sha256: async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes)),
 };
+
+// Back-pressure for streamed text: return once the page has handled every piece but the one just posted,
+// so that at most one piece is in flight when the user clicks Stop. A page stalled for longer than
+// PAGE_LAG_LIMIT_MS does not hold generation up.
+function waitForPage(posted) {
+  const until = performance.now() + PAGE_LAG_LIMIT_MS;
+  for (;;) {
+    const handled = Atomics.load(shared, 1);
+    const left = until - performance.now();
+    if (handled >= posted - 1 || left <= 0) return;
+    Atomics.wait(shared, 1, handled, left);
+  }
+}
 
 function hex(buf) {
   return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -188,7 +205,7 @@ const booted = boot().then(
 self.onmessage = async (ev) => {
   const msg = ev.data;
   if (msg.type === "cancel") { cancelled = true; return; }
-  if (msg.type === "cancel-flag") { cancelFlag = msg.flag; return; }
+  if (msg.type === "cancel-flag") { shared = msg.flag; return; }
   if (msg.type !== "run") return;
   if (!(await booted)) {
     post({ id: msg.id, type: "result", ok: false, error: "webformers did not boot" });
