@@ -81,7 +81,7 @@ def test_thread_count_is_a_boot_option(shared_page):
       const { WebformersClient } = await import("./wf-client.js");
       const c = new WebformersClient({ threads: 1 });
       await c.ready;
-      const n = await c.runPython("import js\\nint(js.ort.env.wasm.numThreads)");
+      const n = await c.runPython("import js\\nint(js.wfOrt.info().threads)");
       c.worker.terminate();
       let bad = null;
       try { new WebformersClient({ threads: 0 }); } catch (e) { bad = String(e.message); }
@@ -89,7 +89,7 @@ def test_thread_count_is_a_boot_option(shared_page):
     }""")
     assert got["n"] == 1, got
     assert got["bad"] == "threads must be a positive integer, got 0", got
-    default = run_py(shared_page, "import js\nint(js.ort.env.wasm.numThreads)")
+    default = run_py(shared_page, "import js\nint(js.wfOrt.info().threads)")
     assert got["isolated"] and default == min(4, got["cores"]), (default, got)
 
 

@@ -61,8 +61,8 @@ full = await model.generate(prompt, max_new_tokens={N_NEW}, eos_token_id=None, u
 nxt = out[0].tolist() + tok.encode(" And then", add_special_tokens=False)
 reused = await model.generate(nxt, max_new_tokens=8, eos_token_id=None)
 s2 = dict(model.last_generation_stats)
-from pyodide.ffi import JsProxy
-kv_is_js = len(model._kv) > 0 and all(isinstance(v, JsProxy) for v in model._kv.values())
+from webformers.backend._ortweb import RemoteTensor  # the KV cache stays in onnxruntime's worker
+kv_is_js = len(model._kv) > 0 and all(isinstance(v, RemoteTensor) for v in model._kv.values())
 model.clear_cache()
 fresh = await model.generate(nxt, max_new_tokens=8, eos_token_id=None)
 json.dumps({{"out": out[0].tolist(), "full": full[0].tolist(), "reused": reused[0].tolist(),

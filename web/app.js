@@ -8,7 +8,10 @@ import { QualityChart } from "./ui/chart.js";
 import { CacheView } from "./ui/cache.js";
 import { AsrView } from "./ui/asr.js";
 
-const client = new WebformersClient();
+// Warm start: the sessions of the model this browser loaded last are created while Pyodide boots.
+const LAST_MODEL_KEY = "webformers:last-model";
+const lastModel = (() => { try { return localStorage.getItem(LAST_MODEL_KEY); } catch (e) { return null; } })();
+const client = new WebformersClient(lastModel ? { warmStart: lastModel } : {});
 window.wf = client;  // the test harness and the console drive Python through this
 
 const call = (fn, args = [], kwargs = {}) => callPy(client, fn, args, kwargs);
@@ -249,6 +252,7 @@ $("load-form").addEventListener("submit", async (ev) => {
   try {
     const info = await call("load", [model, dtype, device, maxBytes]);
     onLoaded(info);
+    try { localStorage.setItem(LAST_MODEL_KEY, model); } catch (e) { /* storage disabled: no warm start */ }
     chat.clear();
   } catch (e) {
     progress.fail(pyErrorLine(e.message || e));

@@ -11,69 +11,7 @@
 
 const IS_WORKER = typeof document === "undefined";
 
-// Injected into each worker before any model is loaded: records the WebAssembly memories that get
-// instantiated (ORT's heap is imported when threaded, exported otherwise) and the live / peak bytes
-// of GPU buffers created through WebGPU.
-export const MEMORY_PROBE = `(() => {
-  if (self.__benchMem) return;
-  const mem = self.__benchMem = { memories: [], gpuLive: 0, gpuPeak: 0 };
-  const grab = (obj) => {
-    if (!obj) return;
-    for (const v of Object.values(obj)) {
-      if (v instanceof WebAssembly.Memory && !mem.memories.includes(v)) mem.memories.push(v);
-      else if (v && typeof v === "object" && !(v instanceof WebAssembly.Memory)) {
-        for (const w of Object.values(v)) {
-          if (w instanceof WebAssembly.Memory && !mem.memories.includes(w)) mem.memories.push(w);
-        }
-      }
-    }
-  };
-  for (const fn of ["instantiate", "instantiateStreaming"]) {
-    const orig = WebAssembly[fn];
-    WebAssembly[fn] = async function (source, imports, ...rest) {
-      grab(imports);
-      const r = await orig.call(this, source, imports, ...rest);
-      grab((r.instance || r).exports);
-      return r;
-    };
-  }
-  if (self.GPUDevice) {
-    const create = GPUDevice.prototype.createBuffer;
-    const sizes = new WeakMap();
-    GPUDevice.prototype.createBuffer = function (desc) {
-      const b = create.call(this, desc);
-      sizes.set(b, desc.size);
-      mem.gpuLive += desc.size;
-      mem.gpuPeak = Math.max(mem.gpuPeak, mem.gpuLive);
-      return b;
-    };
-    const destroy = GPUBuffer.prototype.destroy;
-    GPUBuffer.prototype.destroy = function () {
-      const s = sizes.get(this);
-      if (s !== undefined) { mem.gpuLive -= s; sizes.delete(this); }
-      return destroy.call(this);
-    };
-  }
-  self.__benchMemReport = (extra = 0) => ({
-    wasm_bytes: mem.memories.reduce((a, m) => a + m.buffer.byteLength, 0) + extra,
-    wasm_memories: mem.memories.length + (extra ? 1 : 0),
-    gpu_peak_bytes: mem.gpuPeak,
-    gpu_live_bytes: mem.gpuLive,
-    js_heap_bytes: self.performance && performance.memory ? performance.memory.usedJSHeapSize : null,
-  });
-})();`;
-
-// Injected too: times every InferenceSession.run of the given onnxruntime-web module on the worker's
-// clock, so the pure runtime time per step can be told apart from each library's own per-step work.
-export const RUN_PROBE = `(ort) => {
-  if (self.__benchRuns) return;
-  const runs = self.__benchRuns = [];
-  const run = ort.InferenceSession.prototype.run;
-  ort.InferenceSession.prototype.run = async function (...args) {
-    const t0 = performance.now();
-    try { return await run.apply(this, args); } finally { runs.push(performance.now() - t0); }
-  };
-}`;
+import { MEMORY_PROBE, RUN_PROBE } from "./bench-probe.js";
 
 // ------------------------------------------------------------------------------------------ worker
 async function workerMain() {
@@ -208,7 +146,6 @@ import js, json
 js.eval(${JSON.stringify(MEMORY_PROBE)})
 from webformers import AutoModelForCausalLM, AutoTokenizer
 _a = json.loads(${JSON.stringify(JSON.stringify(a))})
-js.eval(${JSON.stringify(RUN_PROBE)})(js.ort)
 import asyncio, time as _time
 _t0 = _time.perf_counter()
 async def _timed(coro):
@@ -219,7 +156,7 @@ async def _timed(coro):
     _timed(AutoTokenizer.from_pretrained(_a["model"])),
     _timed(AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"], strict=True)))
 {"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings],
- "num_threads": int(js.ort.env.wasm.numThreads), "tokenizer_ms": _tok_ms, "model_ms": _model_ms,
+ "num_threads": int(js.wfOrt.info().threads), "tokenizer_ms": _tok_ms, "model_ms": _model_ms,
  "model_load_timings": dict(bench_model.load_timings)}
 `;
 
@@ -244,12 +181,12 @@ class _BenchStreamer:
         self.inner.end()
 
 _s = _BenchStreamer()
-js.__benchRuns.length = 0
+await js.wfOrt.benchReport()  # clears the onnxruntime worker's run times
 js.wfBridge.emit({"status": "bench-prompt", "n": len(_ids)})
 _out = await bench_model.generate(list(_ids), max_new_tokens=_a["max_new_tokens"], do_sample=False, streamer=_s)
 _st = dict(bench_model.last_generation_stats or {})
 {"ids": [int(x) for x in _out[0, len(_ids):]], "prompt_ids": [int(x) for x in _ids], "text": "".join(_s.text),
- "stats": _st, "ort_run_ms": [float(x) for x in js.__benchRuns]}
+ "stats": _st, "ort_run_ms": [float(x) for x in (await js.wfOrt.benchReport()).runs]}
 `;
 
 const PY_ENCODE = (url) => `
@@ -263,9 +200,14 @@ bench_tok.encode(_text, add_special_tokens=False)
 {"cold_ms": _cold, "warm_ms": (time.perf_counter() - _t0) * 1000, "tokens": len(_ids), "ids": [int(i) for i in _ids]}
 `;
 
+// Pyodide's heap (instantiated before the probe) plus what the onnxruntime worker's probe saw
 const PY_MEMORY = `
 import js, pyodide_js
-dict(js.__benchMemReport(pyodide_js._module.HEAP8.length).to_py())
+_mine = js.__benchMemReport(pyodide_js._module.HEAP8.length).to_py()
+_ort = (await js.wfOrt.benchReport()).to_py()
+{**_mine, "wasm_bytes": _mine["wasm_bytes"] + _ort["wasm_bytes"],
+ "wasm_memories": _mine["wasm_memories"] + _ort["wasm_memories"],
+ "gpu_peak_bytes": _ort["gpu_peak_bytes"], "gpu_live_bytes": _ort["gpu_live_bytes"]}
 `;
 
 class TjsWorker {
@@ -324,7 +266,9 @@ export async function runBench(cfg, log = () => {}) {
   let lib;
   if (cfg.lib === "webformers") {
     const { WebformersClient } = await import("./wf-client.js");
-    const wf = new WebformersClient(cfg.threads ? { threads: cfg.threads } : {});
+    // the onnxruntime worker installs bench-probe.js (memory, run times); warm start for the model we load
+    const workerUrl = new URL("./worker.js?probe=bench-probe.js", import.meta.url);
+    const wf = new WebformersClient({ workerUrl, warmStart: cfg.model, ...(cfg.threads ? { threads: cfg.threads } : {}) });
     window.wf = wf;
     wf.addEventListener("wf-event", (e) => {
       if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());

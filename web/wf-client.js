@@ -1,13 +1,22 @@
 // Page-side client of the webformers worker: boot status, running Python, events.
-// Options: `threads` — onnxruntime-web's WASM thread count (default: every core when the page is
-// cross-origin isolated, else 1); it is fixed when the worker boots.
+// Options:
+// - `threads`: onnxruntime-web's WASM thread count (default: every core when the page is cross-origin
+//   isolated, else 1); fixed when the worker boots.
+// - `warmStart`: the model id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct") the page is about to load.
+//   While Pyodide boots, onnxruntime (in its own worker) creates the sessions of the last variant of that
+//   model this origin loaded, from the Cache API (files checked against their sha256); the load adopts
+//   them if it asks for the same files, else they are freed. Nothing happens on a first visit.
 export class WebformersClient extends EventTarget {
-  constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null } = {}) {
+  constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null, warmStart = null } = {}) {
     super();
     workerUrl = new URL(workerUrl);
     if (threads !== null) {
       if (!Number.isInteger(threads) || threads < 1) throw new Error(`threads must be a positive integer, got ${threads}`);
       workerUrl.searchParams.set("threads", String(threads));
+    }
+    if (warmStart !== null) {
+      if (typeof warmStart !== "string" || !warmStart) throw new Error(`warmStart must be a model id string, got ${warmStart}`);
+      workerUrl.searchParams.set("warm", warmStart);
     }
     this.events = [];
     this.timings = null;

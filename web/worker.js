@@ -9,20 +9,43 @@
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 
 const base = new URL("./", import.meta.url);
-// ?threads=N (WebformersClient's `threads` option): onnxruntime-web's WASM thread count, read once when
-// its WASM module starts (the first session)
-const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads")) || 0;
-let ort = null;
+const params = new URL(self.location.href).searchParams;
+// ?threads=N (WebformersClient's `threads` option): onnxruntime-web's WASM thread count, fixed at boot
+const requestedThreads = Number(params.get("threads")) || 0;
+const allThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+const ortThreads = requestedThreads ? Math.min(requestedThreads, allThreads) : allThreads;
 
-async function loadOrt() {
-  ort = await import("./ort/ort.webgpu.min.mjs");
-  ort.env.wasm.wasmPaths = new URL("ort/", base).href;
-  const all = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  ort.env.wasm.numThreads = requestedThreads ? Math.min(requestedThreads, all) : all;
-  ort.env.logLevel = "error";
-  self.ort = ort;
-  return ort;
+// onnxruntime-web runs in its own worker (ort-host.js), started first: it loads while Pyodide boots and,
+// with ?warm=<model id> (WebformersClient's `warmStart`), creates that model's sessions meanwhile.
+const host = new Worker(new URL("./ort-host.js", import.meta.url), { type: "module" });
+const hostPending = new Map();
+let hostNext = 1;
+let hostFailed = null;
+host.onmessage = (ev) => {
+  const m = ev.data;
+  const p = hostPending.get(m.id);
+  hostPending.delete(m.id);
+  if (p) m.ok ? p.resolve(m.value) : p.reject(new Error(m.error));
+};
+host.onerror = (ev) => {
+  hostFailed = `the onnxruntime worker failed: ${ev.message || "script error"}`;
+  for (const p of hostPending.values()) p.reject(new Error(hostFailed));
+  hostPending.clear();
+};
+function hostCall(op, args = {}, transfer = []) {
+  if (hostFailed) return Promise.reject(new Error(hostFailed));
+  const id = hostNext++;
+  return new Promise((resolve, reject) => {
+    hostPending.set(id, { resolve, reject });
+    host.postMessage({ id, op, ...args }, transfer);
+  });
 }
+const ortReady = hostCall("init", { threads: ortThreads, base: base.href, probe: params.get("probe") });
+ortReady.catch(() => {});
+const warmModel = params.get("warm");
+const warmStarted = warmModel ? hostCall("warmStart", { model: warmModel }) : Promise.resolve(0);
+warmStarted.catch(() => {});
+let ortInfo = null;
 
 let cancelled = false;
 // Int32Array on a SharedArrayBuffer shared with wf-client.js: [0] Stop, [1] streamed pieces the page handled
@@ -39,20 +62,10 @@ self.wfBridge = {
     post({ type: "event", event: e });
     if (shared !== null && e && e.status === "token") waitForPage(++piecesPosted);
   },
-  // numpy array (as a PyProxy) -> ort.Tensor, copying once out of the Python heap.
-  tensorFromPy(type, pyArray, dims) {
-    const buf = pyArray.getBuffer();
-    try {
-      return new ort.Tensor(type, buf.data.slice(), Array.from(dims));
-    } finally {
-      buf.release();
-      pyArray.destroy();
-    }
-  },
   async adapterInfo() {
     const info = { webgpu: false, features: [], isFallbackAdapter: null,
                    crossOriginIsolated: self.crossOriginIsolated, backend: "onnxruntime-web",
-                   wasmThreads: ort.env.wasm.numThreads };
+                   wasmThreads: ortInfo ? ortInfo.threads : ortThreads };
     try {
       const adapter = navigator.gpu ? await navigator.gpu.requestAdapter() : null;
       if (adapter) {
@@ -87,6 +100,48 @@ function waitForPage(posted) {
     Atomics.wait(shared, 1, handled, left);
   }
 }
+
+// What Python calls through `js.wfOrt` (see pysrc/webformers/backend/_ortweb.py): requests to ort-host.js.
+// Array data is copied out of the Python heap once and transferred; metadata crosses back as JSON.
+const wholeBuffer = (a) => a.byteOffset === 0 && a.byteLength === a.buffer.byteLength;
+self.wfOrt = {
+  async create(model, external, optionsJson) {
+    // (Pyodide destroys the proxies it passed in once the returned promise settles)
+    const ext = external ? external.toJs({ dict_converter: Object.fromEntries }) : [];
+    const transfer = [model, ...ext.map((e) => e.data)].filter(wholeBuffer).map((a) => a.buffer);
+    const r = await hostCall("create", { model, external: ext, options: JSON.parse(optionsJson) }, transfer);
+    return JSON.stringify(r);
+  },
+  // spec: JSON {sid, refs: {name: ref}, arrays: [[name, type, dims]], fetch, free}; arrays: numpy PyProxies
+  async run(specJson, ...arrays) {
+    const spec = JSON.parse(specJson);
+    const feeds = {};
+    for (const [name, ref] of Object.entries(spec.refs)) feeds[name] = { ref };
+    const transfer = [];
+    spec.arrays.forEach(([name, type, dims], i) => {
+      const buf = arrays[i].getBuffer();
+      const data = buf.data.slice();
+      buf.release();
+      feeds[name] = { type, data, dims };
+      transfer.push(data.buffer);
+    });
+    const r = await hostCall("run", { sid: spec.sid, feeds, fetch: spec.fetch, free: spec.free }, transfer);
+    const meta = [];
+    const data = [];
+    for (const [name, o] of Object.entries(r.outputs)) {
+      if (o.ref !== undefined) meta.push([name, o.ref, o.type, o.dims, o.location]);
+      else { meta.push([name, null, o.type, o.dims, data.length]); data.push(o.data); }
+    }
+    return { meta: JSON.stringify({ outputs: meta, ms: r.ms }), data };
+  },
+  release: (refs) => hostCall("release", { refs: Array.from(refs) }),
+  dispose: (sid) => hostCall("dispose", { sid }),
+  adopt: async (key) => JSON.stringify(await hostCall("adopt", { key })),
+  dropWarm: () => hostCall("dropWarm"),
+  remember: (model, module, planJson) => hostCall("remember", { model, module, plan: JSON.parse(planJson) }),
+  info: () => ortInfo,
+  benchReport: () => hostCall("probe"),
+};
 
 function hex(buf) {
   return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -123,8 +178,7 @@ async function boot() {
   // Our wheels (checked against site.json's sha256) and onnxruntime-web's module download while
   // Pyodide starts; errors surface where they are awaited, in boot order.
   const wheelBytes = site.wheels.map((w) => fetchVerified(new URL(`wheels/${w.file}`, base), w.sha256, `wheel ${w.file}`));
-  const ortLoaded = loadOrt();
-  for (const p of [...wheelBytes, ortLoaded]) p.catch(() => {});  // handled where awaited below
+  for (const p of wheelBytes) p.catch(() => {});  // handled where awaited below
 
   // Pyodide core and its packages (numpy, micropip, packaging) from this origin only. Pyodide can
   // hang on a missing core file, so check they are there first.
@@ -170,20 +224,21 @@ async function boot() {
   }
   lap("wheel");
 
-  // onnxruntime-web, then the Python side of the bridge.
+  // onnxruntime-web (started in its own worker at the very beginning), then the Python side of the bridge.
   try {
-    await ortLoaded;
+    ortInfo = await ortReady;
   } catch (e) {
     throw new Error(`onnxruntime-web (ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
   }
   await pyodide.runPythonAsync(`
-import js
 from webformers import backend
-assert backend.IN_BROWSER and js.ort.InferenceSession is not None
+assert backend.IN_BROWSER and backend.backend_name == "onnxruntime-web"
 `);
   lap("ort");
   t.total = Math.round(performance.now() - t0);
-  t.ort_version = ort.env.versions ? ort.env.versions.web || ort.env.versions.common : "";
+  t.ort_version = ortInfo.version;
+  t.ort_threads = ortInfo.threads;
+  t.warm_start_modules = await warmStarted.catch(() => 0);
   t.pyodide_version = pyodide.version;
   return t;
 }

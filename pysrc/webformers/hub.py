@@ -524,6 +524,13 @@ class ModelRepo:
     def url(self, path: str) -> str:
         return resolve_url(self.host, self.model, self.revision, path)
 
+    @property
+    def cache_name(self) -> str | None:
+        """The browser Cache API cache that holds this repo's files (None off the browser or uncached)."""
+        if self.use_cache and isinstance(self._store, _CacheApiStore) and _is_http(self.url(MANIFEST_PATH)):
+            return CACHE_NAME
+        return None
+
     def __repr__(self) -> str:
         return f"ModelRepo({self.model!r}, revision={self.revision!r}, host={self.host!r})"
 

@@ -354,6 +354,13 @@ def onnx_output_names(data) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- loading
 
+def _main_first(module: str, files: list[str]) -> list[str]:
+    main = [f for f in files if f.endswith(".onnx")]
+    if len(main) != 1:
+        raise ValueError(f"{module}: expected one .onnx file in {files}")
+    return main + [f for f in files if f != main[0]]
+
+
 async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dtype="auto", device="auto",
                         strict: bool = False, max_bytes: int | None = None, progress_callback=None,
                         keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None) -> Loaded:
@@ -383,32 +390,53 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     n_before = len(repo.warnings)
 
     t0 = time.perf_counter()
-    datas = await asyncio.gather(*(repo.file(f, events=events) for f in all_files))
-    timings = {"files": round((time.perf_counter() - t0) * 1000, 1)}
-    by_path = dict(zip(all_files, datas))
-    warnings.extend(repo.warnings[n_before:])
-
     sessions = {}
     try:
+        # sessions the backend started before we asked (the browser's warm start, see backend/_ortweb.py)
+        keys = {m: backend.session_key([repo.manifest.entry(f) for f in _main_first(m, files)], plan.device,
+                                       None if keep_on_device is None else keep_on_device.get(m, ()))
+                for m, files in plan.files.items()}
+        for m in plan.files:
+            s = await backend.adopt_session(keys[m], plan.device)
+            if s is not None:
+                sessions[m] = s
+        for f in (f for m in sessions for f in plan.files[m]):
+            await events.file_event("initiate", f, 0, sizes[f], True)
+            await events.file_event("done", f, sizes[f], sizes[f], True)
+        to_read = [f for m, fs in plan.files.items() if m not in sessions for f in fs]
+        datas = await asyncio.gather(*(repo.file(f, events=events) for f in to_read))
+        timings = {"files": round((time.perf_counter() - t0) * 1000, 1)}
+        if sessions:
+            timings["warm_started"] = sorted(sessions)
+        by_path = dict(zip(to_read, datas))
+        warnings.extend(repo.warnings[n_before:])
+
         for m, files in plan.files.items():
-            main = [f for f in files if f.endswith(".onnx")]
-            if len(main) != 1:
-                raise ValueError(f"{m}: expected one .onnx file in {files}")
-            external = [{"path": f.rsplit("/", 1)[-1], "data": by_path[f]} for f in files if f != main[0]]
+            if m in sessions:
+                continue
+            main, *rest = _main_first(m, files)
+            external = [{"path": f.rsplit("/", 1)[-1], "data": by_path[f]} for f in rest]
             if keep_on_device is not None:
                 keep = list(keep_on_device.get(m, ()))
             elif plan.device == "webgpu":
-                keep = [n for n in onnx_output_names(by_path[main[0]]) if n.startswith("present")]
+                keep = [n for n in onnx_output_names(by_path[main]) if n.startswith("present")]
             else:
                 keep = []
             t0 = time.perf_counter()
-            sessions[m] = await backend.create_session(by_path[main[0]], device=plan.device,
+            sessions[m] = await backend.create_session(by_path[main], device=plan.device,
                                                        external_data=external or None, keep_on_device=keep)
             timings[f"session:{m}"] = round((time.perf_counter() - t0) * 1000, 1)
+            if repo.use_cache and repo.cache_name:
+                await backend.remember_warm_start(repo.model, m, {
+                    "key": keys[m], "cache": repo.cache_name, "device": plan.device, "keep": keep,
+                    "files": [{"url": repo.url(f), "path": f.rsplit("/", 1)[-1],
+                               "sha256": repo.manifest.entry(f)["sha256"]} for f in (main, *rest)]})
     except BaseException:
         for s in sessions.values():
             s.dispose()
         raise
+    finally:
+        await backend.drop_warm_sessions()
     loaded = Loaded(sessions=sessions, dtypes=dict(plan.dtypes), device=plan.device, warnings=warnings,
                     files=all_files, adapter=dict(adapter), bytes=plan.bytes, timings=timings)
     await events.ready(dtypes=loaded.dtypes, device=loaded.device)

@@ -15,16 +15,34 @@ A ``Session``:
 ``await create_session(model, device=..., external_data=None, keep_on_device=())``: ``model`` is the
 ONNX bytes (a JS ``Uint8Array`` in the browser, so the model never enters Python memory), or a path
 on CPython. ``keep_on_device`` names outputs to keep in GPU memory under WebGPU.
+
+Warm start (browser; on CPython these do nothing): ``session_key(files, device, keep_on_device)`` names
+a session by its files' sha256 and its options; ``await adopt_session(key, device)`` returns a session
+the backend created ahead of time for that key (or None); ``await remember_warm_start(model, module,
+entry)`` records how a session was made so the next page can create it while Pyodide boots;
+``await drop_warm_sessions()`` frees the ones nobody adopted.
 """
 from __future__ import annotations
 
+import json
 import sys
 
 IN_BROWSER = sys.platform == "emscripten"
 
 if IN_BROWSER:
-    from ._ortweb import Session, adapter_info, create_session, release, backend_name
+    from ._ortweb import (Session, adapter_info, adopt_session, backend_name, create_session, drop_warm_sessions,
+                          release, remember_warm_start)
 else:
-    from ._ort import Session, adapter_info, create_session, release, backend_name
+    from ._ort import (Session, adapter_info, adopt_session, backend_name, create_session, drop_warm_sessions,
+                       release, remember_warm_start)
 
-__all__ = ["IN_BROWSER", "Session", "adapter_info", "create_session", "release", "backend_name"]
+
+def session_key(files: list[dict], device: str, keep_on_device=None) -> str:
+    """What makes a session: its files (manifest entries with ``sha256``, main model first), the device and
+    the outputs kept on the device (None: the default for the device)."""
+    return json.dumps({"sha256": [f["sha256"] for f in files], "device": device,
+                       "keep": None if keep_on_device is None else sorted(keep_on_device)}, sort_keys=True)
+
+
+__all__ = ["IN_BROWSER", "Session", "adapter_info", "adopt_session", "backend_name", "create_session",
+           "drop_warm_sessions", "release", "remember_warm_start", "session_key"]

@@ -60,3 +60,16 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
         sess = ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
     await asyncio.sleep(0)
     return Session(sess, "cpu")
+
+
+# warm start is a browser feature (the onnxruntime worker creates sessions while Pyodide boots)
+async def adopt_session(key: str, device: str) -> None:
+    return None
+
+
+async def drop_warm_sessions() -> None:
+    return None
+
+
+async def remember_warm_start(model: str, module: str, entry: dict) -> None:
+    return None

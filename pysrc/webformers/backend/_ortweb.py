@@ -1,12 +1,21 @@
-"""Browser backend: onnxruntime-web through Pyodide's ``js`` bridge.
+"""Browser backend: onnxruntime-web, in a worker of its own, reached through Pyodide's ``js`` bridge.
 
-The worker puts ``ort`` (the onnxruntime-web module) and ``wfBridge`` (small JS helpers, see
-``web/worker.js``) on the worker's global scope. Model bytes and KV-cache tensors stay JS objects;
-only the inputs Python builds and the outputs it asks for cross the bridge, one copy each.
+``web/worker.js`` puts ``wfOrt`` (requests to ``web/ort-host.js``, the worker that runs onnxruntime-web)
+and ``wfBridge`` (small helpers) on the Pyodide worker's global scope. Model bytes go to the onnxruntime
+worker without entering Python memory; outputs Python does not fetch (the KV cache) stay there and are
+fed back by reference (:class:`RemoteTensor`), so per run only the small inputs and the fetched outputs
+(the logits) cross, each copied once. Metadata crosses as JSON, which is cheaper than walking JS
+objects attribute by attribute from Python.
+
+Warm start: after a load, :func:`remember_warm_start` stores which files and options made each session;
+a page that names the model when it starts the worker (``WebformersClient({warmStart})``) has the
+onnxruntime worker create those sessions while Pyodide boots, and :func:`adopt_session` hands one over
+when Python asks for a session with the same key (files checked against their sha256 first).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 
 import js  # type: ignore[import-not-found]
 import numpy as np
@@ -27,33 +36,73 @@ _TO_ORT = {
 _FROM_ORT = {"float32": np.float32, "float16": np.uint16, "int64": np.int64, "int32": np.int32,
              "uint8": np.uint8, "int8": np.int8, "bool": np.uint8}
 
-# One queue for session creation and runs: onnxruntime-web rejects overlapping calls on a session
-# ("Session already started") and WebGPU device setup must not race.
-_queue = asyncio.Lock()
-
-
-def _js_obj(d: dict):
-    return to_js(d, dict_converter=js.Object.fromEntries)
-
 
 async def adapter_info() -> dict:
     info = await js.wfBridge.adapterInfo()
     return info.to_py()
 
 
-def to_tensor(arr):
-    """numpy -> ort.Tensor (one copy, made in JS from a view of the numpy buffer)."""
-    arr = np.ascontiguousarray(arr)
-    ort_type, view = _TO_ORT[arr.dtype]
-    data = arr.view(view) if view is not None else arr
-    return js.wfBridge.tensorFromPy(ort_type, data.reshape(-1), to_js(list(arr.shape)))
+# ------------------------------------------------------------------------- tensors kept in the worker
+
+_to_free: list[int] = []
+_flush_scheduled = False
 
 
-async def to_numpy(tensor) -> np.ndarray:
-    """ort.Tensor -> numpy (GPU tensors are downloaded first)."""
-    ort_type = str(tensor.type)
-    dims = [int(d) for d in tensor.dims]
-    data = tensor.data if str(tensor.location) == "cpu" else await tensor.getData()
+def _flush() -> None:
+    global _flush_scheduled
+    _flush_scheduled = False
+    if _to_free:
+        refs = to_js(_to_free[:])
+        _to_free.clear()
+        js.wfOrt.release(refs)
+
+
+def _take_frees() -> list[int]:
+    out = _to_free[:]
+    _to_free.clear()
+    return out
+
+
+class RemoteTensor:
+    """An output left in the onnxruntime worker (CPU memory there, or a GPU buffer under WebGPU)."""
+
+    __slots__ = ("ref", "type", "dims", "location", "_live")
+
+    def __init__(self, ref: int, type: str, dims: list, location: str):
+        self.ref, self.type, self.dims, self.location = ref, type, tuple(dims), location
+        self._live = True
+
+    def __repr__(self) -> str:
+        return f"RemoteTensor({self.type}{list(self.dims)} on {self.location})"
+
+    def release(self) -> None:
+        """Free it in the worker (batched: sent with the next run, or at the next turn of the event loop)."""
+        global _flush_scheduled
+        if not self._live:
+            return
+        self._live = False
+        _to_free.append(self.ref)
+        if not _flush_scheduled:
+            _flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(_flush)
+            except RuntimeError:  # no running loop (interpreter teardown): send now
+                _flush()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def release(value) -> None:
+    """Free a backend tensor now (a no-op for numpy arrays)."""
+    if isinstance(value, RemoteTensor):
+        value.release()
+
+
+def _numpy(data, ort_type: str, dims) -> np.ndarray:
     out = np.empty(int(np.prod(dims)) if dims else 1, dtype=_FROM_ORT[ort_type])
     if out.size:
         data.assign_to(out)
@@ -64,58 +113,91 @@ async def to_numpy(tensor) -> np.ndarray:
     return out.reshape(dims)
 
 
-def release(value) -> None:
-    """Free a backend tensor now: GPU buffers are disposed; CPU tensors are left to the JS GC."""
-    if isinstance(value, JsProxy) and str(value.location) == "gpu-buffer":
-        value.dispose()
-
-
 class Session:
-    def __init__(self, js_session, device: str):
-        self._s = js_session
+    def __init__(self, sid: int, info: dict, device: str):
+        self._sid = sid
         self.device = device
-        self.input_names = [str(n) for n in js_session.inputNames]
-        self.output_names = [str(n) for n in js_session.outputNames]
+        self.input_names = list(info["inputNames"])
+        self.output_names = list(info["outputNames"])
         # element types in onnxruntime's spelling ("tensor(float16)"), like the CPython backend
-        self.input_types = {}
-        for md in (getattr(js_session, "inputMetadata", None) or []):
-            if getattr(md, "isTensor", False):
-                t = str(md.type)
-                self.input_types[str(md.name)] = "tensor(float)" if t == "float32" else f"tensor({t})"
+        self.input_types = {m["name"]: "tensor(float)" if m["type"] == "float32" else f"tensor({m['type']})"
+                            for m in info.get("inputMetadata") or []}
+        #: onnxruntime's own time for the last run (ms, the onnxruntime worker's clock)
+        self.last_run_ms = None
 
     async def run(self, feeds: dict, fetch=None) -> dict:
-        js_feeds = js.Object.new()
+        if self._sid is None:
+            raise RuntimeError("this session was disposed")
+        refs, specs, arrays = {}, [], []
         for name, value in feeds.items():
-            if not isinstance(value, JsProxy):
-                value = to_tensor(value)
-            setattr(js_feeds, name, value)
-        async with _queue:
-            res = await self._s.run(js_feeds)
+            if isinstance(value, RemoteTensor):
+                if not value._live:
+                    raise ValueError(f"input {name!r}: {value!r} was released")
+                refs[name] = value.ref
+                continue
+            arr = np.ascontiguousarray(value)
+            try:
+                ort_type, view = _TO_ORT[arr.dtype]
+            except KeyError:
+                raise TypeError(f"input {name!r}: numpy dtype {arr.dtype} has no onnxruntime-web tensor type; "
+                                f"supported: {', '.join(str(d) for d in _TO_ORT)}") from None
+            specs.append([name, ort_type, list(arr.shape)])
+            arrays.append((arr.view(view) if view is not None else arr).reshape(-1))
+        spec = json.dumps({"sid": self._sid, "refs": refs, "arrays": specs,
+                           "fetch": None if fetch is None else list(fetch), "free": _take_frees()})
+        res = await js.wfOrt.run(spec, *arrays)
+        meta = json.loads(res.meta)
+        self.last_run_ms = meta["ms"]
         out = {}
-        for name in self.output_names:
-            t = getattr(res, name)
-            if fetch is None or name in fetch:
-                out[name] = await to_numpy(t)
-                release(t)
+        for name, ref, ort_type, dims, where in meta["outputs"]:
+            if ref is None:
+                out[name] = _numpy(res.data[where], ort_type, dims)
             else:
-                out[name] = t
+                out[name] = RemoteTensor(ref, ort_type, dims, where)
         return out
 
     def dispose(self) -> None:
-        if self._s is not None:
-            self._s.release()
-            self._s = None
+        if self._sid is not None:
+            js.wfOrt.dispose(self._sid)
+            self._sid = None
+
+
+def _options(device: str, keep_on_device) -> dict:
+    opts = {"executionProviders": [device], "graphOptimizationLevel": "all"}
+    if device == "webgpu" and keep_on_device:
+        opts["preferredOutputLocation"] = {n: "gpu-buffer" for n in keep_on_device}
+    return opts
 
 
 async def create_session(model, *, device: str = "wasm", external_data=None, keep_on_device=(),
                          threads: int | None = None) -> Session:
-    opts = {"executionProviders": to_js([device]), "graphOptimizationLevel": "all"}
-    if external_data:
-        opts["externalData"] = to_js([_js_obj({"path": e["path"], "data": e["data"]}) for e in external_data])
-    if device == "webgpu" and keep_on_device:
-        opts["preferredOutputLocation"] = _js_obj({n: "gpu-buffer" for n in keep_on_device})
+    """``threads`` is fixed for the whole page when the worker boots (``WebformersClient({threads})``)."""
     if not isinstance(model, JsProxy):
         model = to_js(memoryview(model))
-    async with _queue:
-        s = await js.ort.InferenceSession.create(model, _js_obj(opts))
-    return Session(s, device)
+    external = [{"path": e["path"], "data": e["data"] if isinstance(e["data"], JsProxy)
+                 else to_js(memoryview(e["data"]))} for e in external_data or ()]
+    r = json.loads(await js.wfOrt.create(model, external or None,
+                                         json.dumps(_options(device, keep_on_device))))
+    return Session(r["sid"], r["info"], device)
+
+
+# ------------------------------------------------------------------------------------------ warm start
+
+async def adopt_session(key: str, device: str) -> Session | None:
+    """The session the onnxruntime worker created for ``key`` during boot, if any."""
+    r = json.loads(await js.wfOrt.adopt(key))
+    return None if r is None else Session(r["sid"], r["info"], device)
+
+
+async def drop_warm_sessions() -> None:
+    """Dispose of warm-started sessions nobody adopted (the page loaded something else)."""
+    await js.wfOrt.dropWarm()
+
+
+async def remember_warm_start(model: str, module: str, entry: dict) -> None:
+    """Record how ``module`` of ``model`` was just created, for the next boot's warm start. ``entry``:
+    {"key", "cache" (the Cache API cache holding the files), "files": [{"url", "path", "sha256"}] (main
+    model first), "device", "keep"}."""
+    plan = {"key": entry["key"], "cache": entry["cache"], "files": entry["files"],
+            "options": _options(entry["device"], entry["keep"])}
+    await js.wfOrt.remember(model, module, json.dumps(plan))

@@ -1,0 +1,185 @@
+// onnxruntime-web in a worker of its own, started by worker.js before Pyodide boots.
+//
+// Sessions and the tensors Python does not read (the KV cache) live here; Python (in worker.js's
+// Pyodide) sends feeds and gets back the outputs it asked for (see pysrc/webformers/backend/_ortweb.py).
+// Being a separate thread, it can also create a model's sessions while Pyodide is still booting: a
+// "warm start" replays the last load of a model on this origin from the Cache API (files checked
+// against their sha256 first), and Python adopts those sessions when it asks for the same files.
+//
+// Requests: {id, op, ...args} -> {id, ok, value | error}. Ops: init, create, run, release, dispose,
+// warmStart, adopt, dropWarm, remember, probe.
+let ort = null;
+const sessions = new Map();  // sid -> InferenceSession
+const tensors = new Map();   // ref -> ort.Tensor kept for Python (fed back by ref, freed by release)
+const warm = new Map();      // key -> Promise<{sid, info} | null>, sessions made before Python asked
+let nextSid = 1;
+let nextRef = 1;
+// one queue: onnxruntime-web rejects overlapping calls on a session and WebGPU setup must not race
+let queue = Promise.resolve();
+const serial = (fn) => { const p = queue.then(fn); queue = p.catch(() => {}); return p; };
+
+const WARM_CACHE = "webformers-warm-start";
+const warmUrl = (model) => new URL(`/__webformers_warm_start__/${encodeURIComponent(model)}`, self.location.origin).href;
+
+function sessionInfo(s) {
+  const meta = (s.inputMetadata || []).filter((m) => m.isTensor).map((m) => ({ name: m.name, type: m.type }));
+  return { inputNames: [...s.inputNames], outputNames: [...s.outputNames], inputMetadata: meta };
+}
+
+async function create({ model, external, options }) {
+  const opts = { ...options };
+  if (external && external.length) opts.externalData = external;
+  const s = await serial(() => ort.InferenceSession.create(model, opts));
+  const sid = nextSid++;
+  sessions.set(sid, s);
+  return { sid, info: sessionInfo(s) };
+}
+
+function free(refs) {
+  for (const ref of refs || []) {
+    const t = tensors.get(ref);
+    tensors.delete(ref);
+    if (t && t.location === "gpu-buffer") t.dispose();
+  }
+}
+
+async function run({ sid, feeds, fetch, free: refs }) {
+  free(refs);
+  const s = sessions.get(sid);
+  if (!s) throw new Error(`session ${sid} was disposed`);
+  const inputs = {};
+  for (const [name, f] of Object.entries(feeds)) {
+    if (f.ref !== undefined) {
+      const t = tensors.get(f.ref);
+      if (!t) throw new Error(`input ${name}: tensor ${f.ref} was released`);
+      inputs[name] = t;
+    } else {
+      inputs[name] = new ort.Tensor(f.type, f.data, f.dims);
+    }
+  }
+  const t0 = performance.now();
+  const res = await serial(() => s.run(inputs));
+  const ms = performance.now() - t0;
+  const outputs = {};
+  const transfer = [];
+  for (const name of s.outputNames) {
+    const t = res[name];
+    if (fetch === null || fetch.includes(name)) {
+      const data = t.location === "cpu" ? t.data : await t.getData();
+      if (t.location === "gpu-buffer") t.dispose();
+      outputs[name] = { type: t.type, dims: [...t.dims], data };
+      transfer.push(data.buffer);
+    } else {
+      const ref = nextRef++;
+      tensors.set(ref, t);
+      outputs[name] = { ref, type: t.type, dims: [...t.dims], location: t.location };
+    }
+  }
+  return { value: { outputs, ms }, transfer };
+}
+
+function dispose({ sid }) {
+  const s = sessions.get(sid);
+  sessions.delete(sid);
+  if (s) return serial(() => s.release());
+}
+
+// ---- warm start
+// the last load of each module of `model`: {modules: {name: {key, cache, files, options}}}
+async function readPlan(cache, model) {
+  const resp = await cache.match(warmUrl(model));
+  if (!resp) return null;
+  try {
+    const plan = await resp.json();
+    return plan && typeof plan.modules === "object" ? plan : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+async function remember({ model, module, plan }) {
+  const cache = await caches.open(WARM_CACHE);
+  const all = (await readPlan(cache, model)) || { model, modules: {} };
+  all.modules[module] = plan;
+  await cache.put(warmUrl(model), new Response(JSON.stringify(all), { headers: { "content-type": "application/json" } }));
+}
+
+async function readChecked(cache, file) {
+  const resp = await cache.match(file.url);
+  if (!resp) return null;
+  const bytes = new Uint8Array(await resp.arrayBuffer());
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  return hex === file.sha256 ? bytes : null;
+}
+
+async function warmOne(entry) {
+  try {
+    const cache = await caches.open(entry.cache);
+    const datas = [];
+    for (const f of entry.files) {
+      const bytes = await readChecked(cache, f);
+      if (!bytes) return null;  // evicted or damaged: Python's load fetches (and heals) it
+      datas.push(bytes);
+    }
+    const external = entry.files.slice(1).map((f, i) => ({ path: f.path, data: datas[i + 1] }));
+    return await create({ model: datas[0], external, options: entry.options });
+  } catch (e) {
+    return null;  // the regular load reports whatever is wrong
+  }
+}
+
+async function warmStart({ model }) {
+  const plan = await readPlan(await caches.open(WARM_CACHE), model);
+  if (!plan) return 0;
+  const entries = Object.values(plan.modules);
+  for (const entry of entries) if (!warm.has(entry.key)) warm.set(entry.key, warmOne(entry));
+  return entries.length;
+}
+
+async function adopt({ key }) {
+  const p = warm.get(key);
+  if (!p) return null;
+  warm.delete(key);
+  return await p;
+}
+
+async function dropWarm() {
+  const left = [...warm.values()];
+  warm.clear();
+  for (const r of await Promise.all(left)) if (r) await dispose({ sid: r.sid });
+  return left.length;
+}
+
+// ---- boot
+async function init({ threads, base, probe }) {
+  ort = await import(new URL("ort/ort.webgpu.min.mjs", base).href);
+  ort.env.wasm.wasmPaths = new URL("ort/", base).href;
+  ort.env.wasm.numThreads = threads;
+  ort.env.logLevel = "error";
+  if (probe) {  // the benchmark's probes (web/bench-probe.js), from this origin only
+    const url = new URL(probe, base);
+    if (url.origin !== self.location.origin) throw new Error(`probe ${probe} is not on this origin`);
+    (await import(url.href)).installOrtProbe(ort);
+  }
+  return { threads: ort.env.wasm.numThreads, version: ort.env.versions ? ort.env.versions.web || ort.env.versions.common : "" };
+}
+
+const ops = { create, run, release: async ({ refs }) => free(refs), dispose, warmStart, adopt, dropWarm, remember,
+              probe: async () => (self.__benchOrtReport ? self.__benchOrtReport() : null) };
+
+let ready = null;  // the init request; every other request waits for it
+self.onmessage = async (ev) => {
+  const { id, op, ...args } = ev.data;
+  try {
+    if (op === "init") ready = init(args);
+    if (!ready) throw new Error("onnxruntime-web was not initialised");
+    const started = await ready;
+    if (!(op in ops) && op !== "init") throw new Error(`unknown request ${op}`);
+    const out = op === "init" ? started : await ops[op](args);
+    if (out && out.transfer) postMessage({ id, ok: true, value: out.value }, out.transfer);
+    else postMessage({ id, ok: true, value: out === undefined ? null : out });
+  } catch (e) {
+    postMessage({ id, ok: false, error: String(e && e.message || e) });
+  }
+};
