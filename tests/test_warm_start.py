@@ -110,3 +110,29 @@ def test_warm_start_skips_a_damaged_cached_file_and_the_load_heals_it(browser, s
         page.close()
     finally:
         ctx.close()
+
+
+def test_model_bytes_handed_to_onnxruntime_twice_is_a_clear_error(browser, server):
+    """The model bytes are transferred to onnxruntime's worker, not copied: reusing them says so."""
+    ctx = browser.new_context()
+    try:
+        page, _ = _client(ctx, server)
+        got = page.evaluate("code => window.wf.runPython(code)", f"""
+import js
+from webformers import backend
+data = js.Uint8Array.new(await (await js.fetch("/models/{MODEL}/onnx/model.onnx")).arrayBuffer())
+s = await backend.create_session(data, device="wasm")
+names = s.output_names
+s.dispose()
+try:
+    await backend.create_session(data, device="wasm")
+    err = None
+except Exception as e:
+    err = str(e)
+{{"outputs": names[:1], "err": err}}
+""")
+        assert got["outputs"] == ["logits"], got
+        assert got["err"] and "already handed to onnxruntime" in got["err"], got
+        page.close()
+    finally:
+        ctx.close()

@@ -108,6 +108,11 @@ self.wfOrt = {
   async create(model, external, optionsJson) {
     // (Pyodide destroys the proxies it passed in once the returned promise settles)
     const ext = external ? external.toJs({ dict_converter: Object.fromEntries }) : [];
+    // the bytes are transferred, not copied (a model is held once, not twice, while its session is made)
+    if ([model, ...ext.map((e) => e.data)].some((a) => a.buffer.detached)) {
+      throw new Error("these model bytes were already handed to onnxruntime (a concurrent load of the same " +
+                      "file?): load a model once and share it");
+    }
     const transfer = [model, ...ext.map((e) => e.data)].filter(wholeBuffer).map((a) => a.buffer);
     const r = await hostCall("create", { model, external: ext, options: JSON.parse(optionsJson) }, transfer);
     return JSON.stringify(r);
