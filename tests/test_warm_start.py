@@ -48,76 +48,74 @@ def _corrupt_cached(page, file):
         return null; }""", file)
 
 
-def test_warm_start_adopts_sessions_made_during_boot(browser, server):
-    ctx = browser.new_context()
-    try:
-        # first visit: nothing to warm-start; the load downloads, caches and remembers the variant
-        page, boot = _client(ctx, server, warm=MODEL)
-        assert boot["warm_start_modules"] == 0, boot
-        first = _load_and_generate(page)
-        assert "warm_started" not in first["timings"], first
-        page.close()
-
-        # next visit: the session exists before Python asks; same tokens
-        page, boot = _client(ctx, server, warm=MODEL)
-        assert boot["warm_start_modules"] == 1, boot
-        again = _load_and_generate(page)
-        assert again["timings"].get("warm_started") == ["model"], again
-        assert again["ids"] == first["ids"]
-        page.close()
-
-        # without the option nothing is warm-started
-        page, boot = _client(ctx, server)
-        assert boot["warm_start_modules"] == 0
-        plain = _load_and_generate(page)
-        assert "warm_started" not in plain["timings"] and plain["ids"] == first["ids"]
-        page.close()
-
-        # a different variant is not adopted: it loads normally (and the unused session is freed)
-        page, boot = _client(ctx, server, warm=MODEL)
-        assert boot["warm_start_modules"] == 1
-        q8 = _load_and_generate(page, dtype="q8")
-        assert "warm_started" not in q8["timings"], q8
-        # ...and the plan now names the q8 variant
-        page.close()
-        page, boot = _client(ctx, server, warm=MODEL)
-        q8_again = _load_and_generate(page, dtype="q8")
-        assert q8_again["timings"].get("warm_started") == ["model"] and q8_again["ids"] == q8["ids"]
-        page.close()
-    finally:
-        ctx.close()
+@pytest.fixture
+def ctx(browser):
+    """A fresh browser context: its own (empty) Cache API."""
+    c = browser.new_context()
+    yield c
+    c.close()
 
 
-def test_warm_start_skips_a_damaged_cached_file_and_the_load_heals_it(browser, server):
-    ctx = browser.new_context()
-    try:
-        page, _ = _client(ctx, server)
-        first = _load_and_generate(page)
-        assert _corrupt_cached(page, "/onnx/model.onnx"), "model.onnx was not cached"
-        page.close()
+def test_warm_start_adopts_sessions_made_during_boot(ctx, server):
+    # first visit: nothing to warm-start; the load downloads, caches and remembers the variant
+    page, boot = _client(ctx, server, warm=MODEL)
+    assert boot["warm_start_modules"] == 0, boot
+    first = _load_and_generate(page)
+    assert "warm_started" not in first["timings"], first
+    page.close()
 
-        page, boot = _client(ctx, server, warm=MODEL)
-        assert boot["warm_start_modules"] == 1
-        healed = _load_and_generate(page)
-        # the damaged copy was not used by the warm start; the load evicted and re-downloaded it
-        assert "warm_started" not in healed["timings"], healed
-        assert any("corrupted" in w for w in healed["warnings"]), healed["warnings"]
-        assert healed["ids"] == first["ids"]
-        page.close()
+    # next visit: the session exists before Python asks; same tokens
+    page, boot = _client(ctx, server, warm=MODEL)
+    assert boot["warm_start_modules"] == 1, boot
+    again = _load_and_generate(page)
+    assert again["timings"].get("warm_started") == ["model"], again
+    assert again["ids"] == first["ids"]
+    page.close()
 
-        page, _ = _client(ctx, server, warm=MODEL)
-        assert _load_and_generate(page)["timings"].get("warm_started") == ["model"]
-        page.close()
-    finally:
-        ctx.close()
+    # without the option nothing is warm-started
+    page, boot = _client(ctx, server)
+    assert boot["warm_start_modules"] == 0
+    plain = _load_and_generate(page)
+    assert "warm_started" not in plain["timings"] and plain["ids"] == first["ids"]
+    page.close()
+
+    # a different variant is not adopted: it loads normally (and the unused session is freed)
+    page, boot = _client(ctx, server, warm=MODEL)
+    assert boot["warm_start_modules"] == 1
+    q8 = _load_and_generate(page, dtype="q8")
+    assert "warm_started" not in q8["timings"], q8
+    # ...and the plan now names the q8 variant
+    page.close()
+    page, boot = _client(ctx, server, warm=MODEL)
+    q8_again = _load_and_generate(page, dtype="q8")
+    assert q8_again["timings"].get("warm_started") == ["model"] and q8_again["ids"] == q8["ids"]
+    page.close()
 
 
-def test_model_bytes_handed_to_onnxruntime_twice_is_a_clear_error(browser, server):
+def test_warm_start_skips_a_damaged_cached_file_and_the_load_heals_it(ctx, server):
+    page, _ = _client(ctx, server)
+    first = _load_and_generate(page)
+    assert _corrupt_cached(page, "/onnx/model.onnx"), "model.onnx was not cached"
+    page.close()
+
+    page, boot = _client(ctx, server, warm=MODEL)
+    assert boot["warm_start_modules"] == 1
+    healed = _load_and_generate(page)
+    # the damaged copy was not used by the warm start; the load evicted and re-downloaded it
+    assert "warm_started" not in healed["timings"], healed
+    assert any("corrupted" in w for w in healed["warnings"]), healed["warnings"]
+    assert healed["ids"] == first["ids"]
+    page.close()
+
+    page, _ = _client(ctx, server, warm=MODEL)
+    assert _load_and_generate(page)["timings"].get("warm_started") == ["model"]
+    page.close()
+
+
+def test_model_bytes_handed_to_onnxruntime_twice_is_a_clear_error(ctx, server):
     """The model bytes are transferred to onnxruntime's worker, not copied: reusing them says so."""
-    ctx = browser.new_context()
-    try:
-        page, _ = _client(ctx, server)
-        got = page.evaluate("code => window.wf.runPython(code)", f"""
+    page, _ = _client(ctx, server)
+    got = page.evaluate("code => window.wf.runPython(code)", f"""
 import js
 from webformers import backend
 data = js.Uint8Array.new(await (await js.fetch("/models/{MODEL}/onnx/model.onnx")).arrayBuffer())
@@ -131,8 +129,6 @@ except Exception as e:
     err = str(e)
 {{"outputs": names[:1], "err": err}}
 """)
-        assert got["outputs"] == ["logits"], got
-        assert got["err"] and "already handed to onnxruntime" in got["err"], got
-        page.close()
-    finally:
-        ctx.close()
+    assert got["outputs"] == ["logits"], got
+    assert got["err"] and "already handed to onnxruntime" in got["err"], got
+    page.close()
