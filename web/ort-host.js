@@ -8,6 +8,8 @@
 //
 // Requests: {id, op, ...args} -> {id, ok, value | error}. Ops: init, create, run, release, dispose,
 // warmStart, adopt, dropWarm, remember, probe.
+import { sha256Hex } from "./sha256.js";
+
 let ort = null;
 const sessions = new Map();  // sid -> InferenceSession
 const tensors = new Map();   // ref -> ort.Tensor kept for Python (fed back by ref, freed by release)
@@ -108,9 +110,7 @@ async function readChecked(cache, file) {
   const resp = await cache.match(file.url);
   if (!resp) return null;
   const bytes = new Uint8Array(await resp.arrayBuffer());
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-  return hex === file.sha256 ? bytes : null;
+  return (await sha256Hex(bytes)) === file.sha256 ? bytes : null;
 }
 
 async function warmOne(entry) {

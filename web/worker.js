@@ -7,6 +7,7 @@
 //                            {id, type: "result", ok, value | error}
 //                            {type: "event", event}     progress / warning / stream events from Python
 import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { sha256Hex } from "./sha256.js";
 
 const base = new URL("./", import.meta.url);
 const params = new URL(self.location.href).searchParams;
@@ -85,7 +86,7 @@ self.wfBridge = {
     cancelled = false;
     if (shared) Atomics.store(shared, 0, 0);
   },
-  sha256: async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes)),
+  sha256: sha256Hex,
 };
 
 // Back-pressure for streamed text: return once the page has handled every piece but the one just posted,
@@ -148,10 +149,6 @@ self.wfOrt = {
   benchReport: () => hostCall("probe"),
 };
 
-function hex(buf) {
-  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 async function fetchVerified(url, sha256, what) {
   let resp;
   try {
@@ -161,7 +158,7 @@ async function fetchVerified(url, sha256, what) {
   }
   if (!resp.ok) throw new Error(`${what} is missing: ${url} answered HTTP ${resp.status}`);
   const bytes = new Uint8Array(await resp.arrayBuffer());
-  const got = hex(await crypto.subtle.digest("SHA-256", bytes));
+  const got = await sha256Hex(bytes);
   if (got !== sha256) {
     throw new Error(`${what} is corrupted: sha256 of ${url} is ${got}, expected ${sha256}`);
   }
