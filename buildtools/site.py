@@ -260,7 +260,7 @@ def build_models() -> list[dict]:
     which = os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2,whisper").split(",")
     repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
     if "whisper" in which:
-        from webformers.toolchain.whisper import build_whisper_demo
+        from webformers.toolchain.whisper.convert.convert import build_whisper_demo
 
         repos.append(build_whisper_demo(SITE / "models", log=log))
     models = []

@@ -9,7 +9,7 @@
 each in the dtypes fp32, fp16, q4 (MatMulNBits), q4f16 and q8 (MatMulInteger), made with onnxruntime's
 own converters/quantizers. The fp32 decoder keeps its weights in an external ``.onnx_data`` file, so the
 external-data path is exercised too. ``config.json``, ``onnx/manifest.json``
-(``webformers.manifest.write_manifest``) and ``quantization_report.json`` are written; the report holds
+(``webformers.store.manifest.write_manifest``) and ``quantization_report.json`` are written; the report holds
 the KL divergence and top-1 agreement of each variant against fp32, *measured* here with onnxruntime.
 
 ``reference(repo_dir, module, dtype, feeds)`` runs a variant with CPython onnxruntime (for comparisons).
@@ -31,7 +31,7 @@ if str(ROOT / "pysrc") not in sys.path:
     sys.path.insert(0, str(ROOT / "pysrc"))
 
 from webformers.dtypes import onnx_file  # noqa: E402
-from webformers.manifest import write_manifest  # noqa: E402
+from webformers.store.manifest import write_manifest  # noqa: E402
 
 VOCAB = 48
 HIDDEN = 64

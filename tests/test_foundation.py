@@ -100,7 +100,7 @@ def test_bridge_matches_cpython_onnxruntime(shared_page, nbits_model, device):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"X": x})
     code = f"""
 import js, numpy as np
-from webformers import backend
+from webformers.runtime import backend
 resp = await js.fetch({url!r})
 model = js.Uint8Array.new(await resp.arrayBuffer())
 s = await backend.create_session(model, device={device!r})
@@ -115,7 +115,7 @@ s.dispose()
 
 
 def test_cpython_backend_same_api(nbits_model):
-    from webformers import backend
+    from webformers.runtime import backend
 
     path, _ = nbits_model
     x = np.ones((1, K), np.float32)

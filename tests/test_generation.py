@@ -21,7 +21,7 @@ from webformers.generation import (
     TopKLogitsWarper, TopPLogitsWarper, build_logits_processor, sample_next_token, softmax,
 )
 from webformers.generation.streamers import IncrementalDecoder
-from webformers.generation.utils import ContextLengthError, GenerationMixin, trim_stop_strings
+from webformers.generation.loop import ContextLengthError, GenerationMixin, trim_stop_strings
 
 NEG = -np.inf
 
@@ -558,9 +558,9 @@ def tiny_repo(tmp_path_factory):
 async def _tiny_lm(repo_dir, dtype="fp32"):
     import json
 
-    from webformers import backend
+    from webformers.runtime import backend
     from webformers.dtypes import onnx_file
-    from webformers.models import CausalLM
+    from webformers.text.causal_lm import CausalLM
     cfg = json.loads((repo_dir / "config.json").read_text())
     gen_path = repo_dir / "generation_config.json"
     gc = GenerationConfig.from_json(gen_path.read_text()) if gen_path.exists() else None
@@ -598,7 +598,7 @@ def test_tiny_llama_cache_vs_recompute_vs_reference(tiny_repo):
 def _tiny_tokenizer(repo_dir):
     import json
 
-    from webformers.tokenizers import Tokenizer
+    from webformers.text.tokenizers import Tokenizer
     cfg = repo_dir / "tokenizer_config.json"
     return Tokenizer.from_json((repo_dir / "tokenizer.json").read_text(),
                                json.loads(cfg.read_text()) if cfg.exists() else {})
@@ -640,7 +640,7 @@ def test_pipeline_failure_while_loading_concurrently_frees_the_model(tiny_repo, 
     tokenizer.json, caught by the manifest's sha256) the already-created model session is disposed."""
     import shutil
 
-    from webformers import models
+    from webformers.text import causal_lm as models
     from webformers.pipelines import pipeline
 
     repo = tmp_path / "webformers" / "tiny-random-llama"
@@ -658,7 +658,7 @@ def test_pipeline_failure_while_loading_concurrently_frees_the_model(tiny_repo, 
 
 def test_from_pretrained_and_pipeline_through_the_store(tiny_repo):
     """AutoModelForCausalLM / AutoTokenizer / pipeline via ModelRepo (a local directory host)."""
-    from webformers.models import AutoModelForCausalLM, AutoTokenizer
+    from webformers.text.causal_lm import AutoModelForCausalLM, AutoTokenizer
     from webformers.pipelines import pipeline
     from webformers.toolchain import reference_greedy
     host = str(tiny_repo.parent.parent)

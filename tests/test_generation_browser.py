@@ -29,7 +29,7 @@ def page_with_models(server, wf_page, models_root):
 
 
 def _prompt(models_root):
-    from webformers.tokenizers import Tokenizer
+    from webformers.text.tokenizers import Tokenizer
     repo = models_root / MODEL
     tok_cfg = repo / "tokenizer_config.json"
     tok = Tokenizer.from_json((repo / "tokenizer.json").read_text(),
@@ -61,7 +61,7 @@ full = await model.generate(prompt, max_new_tokens={N_NEW}, eos_token_id=None, u
 nxt = out[0].tolist() + tok.encode(" And then", add_special_tokens=False)
 reused = await model.generate(nxt, max_new_tokens=8, eos_token_id=None)
 s2 = dict(model.last_generation_stats)
-from webformers.backend._ortweb import RemoteTensor  # the KV cache stays in onnxruntime's worker
+from webformers.runtime.backend._ortweb import RemoteTensor  # the KV cache stays in onnxruntime's worker
 kv_is_js = len(model._kv) > 0 and all(isinstance(v, RemoteTensor) for v in model._kv.values())
 model.clear_cache()
 fresh = await model.generate(nxt, max_new_tokens=8, eos_token_id=None)

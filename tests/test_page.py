@@ -1,7 +1,7 @@
 """The demo page (web/index.html + web/ui/ + pysrc/webformers/webapp.py) in headless Chromium.
 
 UI tests drive the page like a person (select, click, type, Enter) on the tiny model; the dtype checks
-call the page's Python entry points (``webformers.webapp``) in the page's worker and compare the greedy
+call the page's Python entry points (``webformers.page.chat``) in the page's worker and compare the greedy
 tokens with CPython onnxruntime (``webformers.toolchain.reference_greedy``) on the same files.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _need(model_id: str) -> dict:
 
 
 def _prompt_ids(model_id: str) -> list[int]:
-    from webformers.tokenizers import Tokenizer
+    from webformers.text.tokenizers import Tokenizer
     repo = SITE / "models" / model_id
     cfg = repo / "tokenizer_config.json"
     tok = Tokenizer.from_json((repo / "tokenizer.json").read_text(),
@@ -82,7 +82,7 @@ def _reference(model_id: str, dtype: str, prompt: list[int]) -> list[int]:
 TEACHER_FORCED_PY = """
 import base64, json
 import numpy as np
-from webformers.models import AutoModelForCausalLM
+from webformers.text.causal_lm import AutoModelForCausalLM
 lm = await AutoModelForCausalLM.from_pretrained({model!r}, dtype={dtype!r}, device="wasm")
 seq = {seq!r}
 feeds = {{"input_ids": np.array([seq], np.int64), "attention_mask": np.ones((1, len(seq)), np.int64),
@@ -334,7 +334,7 @@ def test_stop_button_halts_within_one_token(browser, server):
         # clear conversation empties the log and the kept cache
         page.click("#clear-button")
         assert page.locator(".msg").count() == 0
-        assert run_py(page, "from webformers import webapp\nwebapp._state['pipe'].model._kv is None") is True
+        assert run_py(page, "from webformers.page import chat as webapp\nwebapp._state['pipe'].model._kv is None") is True
     finally:
         s.close()
 
@@ -349,7 +349,7 @@ def test_cache_manager_deletes_one_variant(browser, server):
         page = s.page
         _wait_ui_ready(page)
         for d in ("fp32", "int8"):
-            run_py(page, f"from webformers import webapp\nawait webapp.load({TINY!r}, {d!r}, 'wasm')\nNone")
+            run_py(page, f"from webformers.page import chat as webapp\nawait webapp.load({TINY!r}, {d!r}, 'wasm')\nNone")
         page.click("#cache-refresh")
         row = f"#cache-table tr.variant-row[data-model='{TINY}'][data-dtype='fp32']"
         page.wait_for_selector(row)
@@ -375,7 +375,7 @@ def test_cache_manager_deletes_one_variant(browser, server):
         # delete the whole model
         page.click(f"#cache-table tr.model-row[data-model='{TINY}'] button")
         page.wait_for_selector(f"#cache-table tr.model-row[data-model='{TINY}']", state="detached")
-        listed = run_py(page, "from webformers import webapp\nimport json\njson.dumps(await webapp.cache_list())")
+        listed = run_py(page, "from webformers.page import chat as webapp\nimport json\njson.dumps(await webapp.cache_list())")
         assert all(m["model"] != TINY for m in json.loads(listed)["models"])
         assert index["modules"]["model"]
     finally:
@@ -419,7 +419,7 @@ def test_errors_are_shown_in_the_page(browser, server):
         assert "no dtype choice fits max_bytes=1000" in err, err
         # a Python-side bad argument names the valid choices
         with pytest.raises(Exception, match="valid dtypes"):
-            run_py(page, f"from webformers import webapp\nawait webapp.load({TINY!r}, 'q3', 'wasm')")
+            run_py(page, f"from webformers.page import chat as webapp\nawait webapp.load({TINY!r}, 'q3', 'wasm')")
     finally:
         s.close()
 
@@ -431,7 +431,7 @@ def _dtype_sweep(page, model_id, device, dtypes, prompt):
     for d in dtypes:
         code = f"""
 import json
-from webformers import webapp
+from webformers.page import chat as webapp
 info = await webapp.load({model_id!r}, {d!r}, {device!r})
 out = await webapp.generate_ids({prompt!r}, {N_NEW})
 json.dumps({{"info": info, "out": out}})
@@ -478,7 +478,7 @@ def test_tiny_every_dtype_on_webgpu_matches_cpython(browser, server):
     prompt = _prompt_ids(TINY)
     s = _session(browser, server)
     try:
-        features = run_py(s.page, "from webformers import backend\n(await backend.adapter_info())['features']")
+        features = run_py(s.page, "from webformers.runtime import backend\n(await backend.adapter_info())['features']")
         res = _dtype_sweep(s.page, TINY, "webgpu", dtypes, prompt)
         dump_json("page-tiny-webgpu-greedy.json", res)
         problems = {}

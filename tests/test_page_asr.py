@@ -1,4 +1,4 @@
-"""The demo page's speech-recognition panel (web/ui/asr.js + webformers.webapp_asr) in headless Chromium.
+"""The demo page's speech-recognition panel (web/ui/asr.js + webformers.page.speech) in headless Chromium.
 
 Driven like a person: pick the encoder / decoder dtypes, press Load, upload a WAV synthesized by espeak-ng
 through the file input. The transcript must equal CPython onnxruntime's (``pipeline(...)`` on the same
@@ -136,7 +136,7 @@ def test_asr_panel_transcribes_an_uploaded_wav(wf_page, clip):
     server.add_root("/fixtures/asr-page-clip/", clip.parent)
     same = run_py(wf_page, f"""
 import js
-from webformers import webapp_asr
+from webformers.page import speech as webapp_asr
 wav = js.Uint8Array.new(await (await js.fetch({server.url + '/fixtures/asr-page-clip/clip.wav'!r})).arrayBuffer())
 (await webapp_asr.transcribe(wav))["text"]
 """)

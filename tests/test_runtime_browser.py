@@ -35,9 +35,9 @@ import json
 import numpy as np
 import js
 from pyodide.code import run_js
-from webformers import hub
-from webformers.hub import ModelRepo
-from webformers.loading import load_sessions
+from webformers.store import repo as hub
+from webformers.store.repo import ModelRepo
+from webformers.runtime.load import load_sessions
 HOST = {host!r}
 MODEL = {MODEL!r}
 IDS = np.array({IDS!r}, dtype=np.int64)
@@ -165,7 +165,7 @@ json.dumps({"before": before, "freed": freed, "after": after, "est": est,
 
 def test_fp16_fallback_on_swiftshader_and_strict(page, repo_dir):
     res = json.loads(run_py(page, f"""
-from webformers import backend
+from webformers.runtime import backend
 info = await backend.adapter_info()
 events.clear()
 loaded = await load({{"{ENC}": "fp16", "{DEC}": "q4f16"}}, device="auto")

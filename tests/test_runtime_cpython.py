@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from make_fixture_repo import make_repo, reference  # noqa: E402
 from conftest import run_async
-from webformers import hub, loading  # noqa: E402
+from webformers.store import repo as hub
+from webformers.runtime import load as loading# noqa: E402
 from webformers.dtypes import DTYPES, onnx_file  # noqa: E402
-from webformers.hub import IntegrityError, ModelRepo  # noqa: E402
-from webformers.loading import load_sessions, onnx_output_names, select_dtypes  # noqa: E402
+from webformers.store.repo import IntegrityError, ModelRepo  # noqa: E402
+from webformers.runtime.load import load_sessions, onnx_output_names, select_dtypes  # noqa: E402
 
 MODEL = "test-org/tiny2"
 NO_F16 = {"webgpu": True, "features": ["timestamp-query"], "isFallbackAdapter": True}
@@ -56,7 +57,7 @@ def small_repo_dir(tmp_path_factory):
     out = d / "small"
     shutil.copytree(enc, out)
     shutil.copytree(dec / "onnx", out / "onnx", dirs_exist_ok=True)
-    from webformers.manifest import write_manifest
+    from webformers.store.manifest import write_manifest
     write_manifest(out, ["encoder_model", "decoder_model_merged"])
     return out
 
@@ -160,7 +161,7 @@ def model_files(man, module, dtype):
 # ---------------------------------------------------------------------------------------- selection
 
 def test_device_auto_and_defaults(repo_dir):
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     man = Manifest.from_json((repo_dir / "onnx/manifest.json").read_text(), MODEL)
     p = select_dtypes(man, dtype={"encoder_model": "q4"}, device="auto", adapter=NO_GPU)
     # wasm: unnamed modules get q8 when the repo has it
@@ -181,7 +182,7 @@ def test_device_auto_and_defaults(repo_dir):
 
 
 def test_default_without_q8_is_fp32(small_repo_dir):
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     man = Manifest.from_json((small_repo_dir / "onnx/manifest.json").read_text(), "small")
     p = select_dtypes(man, dtype={}, device="wasm", adapter=NO_GPU)
     assert p.dtypes == {"encoder_model": "fp32", "decoder_model_merged": "q8"}
@@ -277,7 +278,7 @@ REPORT = {"modules": {
 
 
 def test_auto_with_budgets(repo_dir, tmp_path):
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     d = _with_report(repo_dir, tmp_path / "r", REPORT)
     man = Manifest.from_json((d / "onnx/manifest.json").read_text(), "r")
     b = {(m, dt): man.variant(m, dt)["bytes"] for m in man.modules for dt in man.modules[m]}
@@ -672,7 +673,7 @@ def test_cancelled_download_does_not_cancel_the_joined_request(server):
 def test_auto_ranks_by_wer_when_the_report_measures_wer_not_kl(repo_dir):
     """Whisper's quantization_report.json carries per-module {"wer", "bytes"} and no KL: auto ranks by WER
     (lower is better, equal WERs by the smaller file); entries with a KL still rank by KL."""
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     man = Manifest.from_json((repo_dir / "onnx/manifest.json").read_text(), "r")
     b = {(m, dt): man.variant(m, dt)["bytes"] for m in man.modules for dt in man.modules[m]}
     enc, dec = "encoder_model", "decoder_model_merged"

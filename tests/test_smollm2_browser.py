@@ -52,7 +52,7 @@ def test_fp32_in_page_equals_pytorch(shared_page):
     want = _torch_greedy(prompts_ids)
     got = json.loads(run_py(shared_page, f"""
 import json
-from webformers import webapp
+from webformers.page import chat as webapp
 info = await webapp.load({SMOL!r}, "fp32", "wasm")
 outs = [(await webapp.generate_ids(ids, {N}))["ids"] for ids in {prompts_ids!r}]
 webapp.unload()

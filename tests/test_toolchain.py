@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from webformers.dtypes import get_dtype, onnx_file  # noqa: E402
-from webformers.manifest import Manifest, sha256_file  # noqa: E402
+from webformers.store.manifest import Manifest, sha256_file  # noqa: E402
 
 ALL = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2")
 PROMPTS = ("Once upon a time", "The capital of France is", "def fibonacci(n):",
@@ -244,7 +244,7 @@ def test_convert_hf_dir_with_external_data(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from webformers.cli import main
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     from webformers.toolchain import reference_greedy
 
     from webformers.toolchain import build_demo_models

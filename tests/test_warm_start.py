@@ -117,7 +117,7 @@ def test_model_bytes_handed_to_onnxruntime_twice_is_a_clear_error(ctx, server):
     page, _ = _client(ctx, server)
     got = page.evaluate("code => window.wf.runPython(code)", f"""
 import js
-from webformers import backend
+from webformers.runtime import backend
 data = js.Uint8Array.new(await (await js.fetch("/models/{MODEL}/onnx/model.onnx")).arrayBuffer())
 s = await backend.create_session(data, device="wasm")
 names = s.output_names

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import run_async
 
-from webformers.audio import (AudioError, decode_wav, load_audio, log_mel_spectrogram, mel_filter_bank,
+from webformers.speech.audio import (AudioError, decode_wav, load_audio, log_mel_spectrogram, mel_filter_bank,
                               resample)
-from webformers.toolchain.whisper_eval import SENTENCES, normalize_text, wer
+from webformers.toolchain.whisper.convert.eval import SENTENCES, normalize_text, wer
 
 MODEL = "openai/whisper-tiny.en"
 
@@ -136,7 +136,7 @@ def test_wer():
 
 
 def test_read_ct2_format(tmp_path):
-    from webformers.toolchain.whisper import read_ct2
+    from webformers.toolchain.whisper.convert.convert import read_ct2
 
     def s(x):
         b = x.encode()
@@ -162,8 +162,8 @@ def test_read_ct2_format(tmp_path):
 @pytest.fixture(scope="session")
 def whisper_root(tmp_path_factory):
     """The Whisper repo (built once, then from ~/.cache/webformers/models) + the synthesized clips."""
-    from webformers.toolchain.whisper import build_whisper_demo
-    from webformers.toolchain.whisper_eval import synthesize_clips
+    from webformers.toolchain.whisper.convert.convert import build_whisper_demo
+    from webformers.toolchain.whisper.convert.eval import synthesize_clips
 
     root = tmp_path_factory.mktemp("whisper-models")
     build_whisper_demo(root)
@@ -173,7 +173,7 @@ def whisper_root(tmp_path_factory):
 
 def test_repo_layout_and_report(whisper_root):
     from webformers.dtypes import onnx_file
-    from webformers.manifest import Manifest
+    from webformers.store.manifest import Manifest
     from webformers.toolchain.quantize import SUPPORTED
 
     root, _ = whisper_root
@@ -225,7 +225,7 @@ def test_report_cli_prints_the_wer_grid(whisper_root, capsys):
 
 def test_pipeline_transcribes_and_matches_reference_loop(whisper_root):
     from webformers import pipeline
-    from webformers.toolchain.whisper import transcribe_files
+    from webformers.toolchain.whisper.convert.convert import transcribe_files
 
     root, clips = whisper_root
     ref = transcribe_files(root / MODEL, "fp32", "fp32", clips[:3])
@@ -304,7 +304,7 @@ def test_errors(whisper_root):
 
 
 def test_webapp_functions(whisper_root):
-    from webformers import webapp_asr
+    from webformers.page import speech as webapp_asr
 
     root, clips = whisper_root
 

@@ -32,8 +32,8 @@ JS_DECODE = r"""(async (url) => {
 
 @pytest.fixture(scope="module")
 def whisper_files(tmp_path_factory):
-    from webformers.toolchain.whisper import build_whisper_demo
-    from webformers.toolchain.whisper_eval import synthesize_clips
+    from webformers.toolchain.whisper.convert.convert import build_whisper_demo
+    from webformers.toolchain.whisper.convert.eval import synthesize_clips
 
     root = tmp_path_factory.mktemp("whisper-browser-models")
     build_whisper_demo(root)
@@ -54,7 +54,7 @@ def _load(host, enc, dec):
     return f"""
 import json
 from pyodide.code import run_js
-from webformers import webapp_asr
+from webformers.page import speech as webapp_asr
 decode = run_js({JS_DECODE!r})
 info = await webapp_asr.load_asr({MODEL!r}, host={host!r}, device="wasm",
                                  dtype={{"encoder_model": {enc!r}, "decoder_model_merged": {dec!r}}})
@@ -62,7 +62,7 @@ info = await webapp_asr.load_asr({MODEL!r}, host={host!r}, device="wasm",
 
 
 def test_fp32_transcripts_equal_cpython(wf_page, hosts, whisper_files):
-    from webformers.toolchain.whisper import transcribe_files
+    from webformers.toolchain.whisper.convert.convert import transcribe_files
 
     root, _, clips = whisper_files
     host, urls = hosts
@@ -85,7 +85,7 @@ json.dumps({{"info": info, "texts": texts, "from_wav": from_wav}})
 
 
 def test_per_module_mapping_fetches_exactly_two_files(wf_page, hosts, whisper_files):
-    from webformers.toolchain.whisper import transcribe_files
+    from webformers.toolchain.whisper.convert.convert import transcribe_files
 
     root, _, clips = whisper_files
     host, urls = hosts
@@ -109,7 +109,7 @@ def test_report_grid_and_not_audio_errors(shared_page, hosts, whisper_files):
     host, urls = hosts
     res = json.loads(run_py(shared_page, _load(host, "q4", "q4") + f"""
 import js
-from webformers.audio import AudioError
+from webformers.speech.audio import AudioError
 chart = await webapp_asr.wer_grid({MODEL!r}, host={host!r})
 errors = []
 bad = [js.Uint8Array.new(0), js.Uint8Array.new(3000),

@@ -233,7 +233,7 @@ async function boot() {
     throw new Error(`onnxruntime-web (ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
   }
   await pyodide.runPythonAsync(`
-from webformers import backend
+from webformers.runtime import backend
 assert backend.IN_BROWSER and backend.backend_name == "onnxruntime-web"
 `);
   lap("ort");

@@ -10,12 +10,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "pipeline": "webformers.pipelines",
-    "AutoTokenizer": "webformers.models",
-    "AutoModelForCausalLM": "webformers.models",
+    "AutoTokenizer": "webformers.text.causal_lm",
+    "AutoModelForCausalLM": "webformers.text.causal_lm",
     "GenerationConfig": "webformers.generation",
     "TextStreamer": "webformers.generation",
     "TextIteratorStreamer": "webformers.generation",
-    "ModelRepo": "webformers.hub",
+    "ModelRepo": "webformers.store.repo",
     "DTYPES": "webformers.dtypes",
 }
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from .generation.utils import trim_stop_strings
-from .models import AutoModelForCausalLM, AutoTokenizer, open_repo
+from .generation.loop import trim_stop_strings
+from .text.causal_lm import AutoModelForCausalLM, AutoTokenizer, open_repo
 
 __all__ = ["pipeline", "TextGenerationPipeline", "SUPPORTED_TASKS"]
 
@@ -25,8 +25,8 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision="m
         raise ValueError(f"unknown pipeline task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}")
     if model is None:
         raise ValueError("pipeline needs a model: a repo id like 'webformers/tiny-random-llama'")
-    if task == "automatic-speech-recognition":  # Whisper: webformers.asr (two modules, per-module dtypes)
-        from .asr import AutomaticSpeechRecognitionPipeline
+    if task == "automatic-speech-recognition":  # Whisper: webformers.speech.whisper (two modules, per-module dtypes)
+        from .speech.whisper import AutomaticSpeechRecognitionPipeline
         return await AutomaticSpeechRecognitionPipeline.from_pretrained(
             model, dtype=dtype, device=device, revision=revision, host=host,
             progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)

@@ -1,7 +1,7 @@
 // The speech-recognition panel: model + per-module dtype pickers (size and measured WER of each pair),
 // load with progress, audio from a file or the microphone (decoded by Web Audio into mono Float32
 // samples), the transcript with timings, and the WER-vs-bytes chart of every encoder × decoder pair.
-// Python side: webformers.webapp_asr in the worker.
+// Python side: webformers.page.speech in the worker.
 import { loadChartJsOr } from "./chart.js";
 import { ProgressView } from "./progress.js";
 import { $, el, fmtBytes, pyErrorLine } from "./util.js";
@@ -12,13 +12,13 @@ const DECODER = "decoder_model_merged";
 const MODULES = [ENCODER, DECODER];
 const AUDIO_KINDS = "WAV, MP3, OGG/Opus, FLAC, WebM or M4A/AAC";
 
-/** Call `webformers.webapp_asr.<fn>(*args, **kwargs)` in the worker; arguments and result travel as JSON. */
+/** Call `webformers.page.speech.<fn>(*args, **kwargs)` in the worker; arguments and result travel as JSON. */
 export async function callAsr(client, fn, args = [], kwargs = {}) {
   if (!/^[a-z_][a-z0-9_]*$/.test(fn)) throw new Error(`bad webapp_asr function name ${fn}`);
   const payload = JSON.stringify(JSON.stringify({ args, kwargs }));
   const out = await client.runPython(`
 import json, inspect
-from webformers import webapp_asr as _wa
+from webformers.page import speech as _wa
 _p = json.loads(${payload})
 _r = _wa.${fn}(*_p["args"], **_p["kwargs"])
 if inspect.isawaitable(_r):
@@ -34,7 +34,7 @@ async function transcribeSamples(client, samples, sampleRate) {
   try {
     const out = await client.runPython(`
 import json, js
-from webformers import webapp_asr as _wa
+from webformers.page import speech as _wa
 _resp = await js.fetch(${JSON.stringify(url)})
 _samples = js.Float32Array.new(await _resp.arrayBuffer())
 _r = await _wa.transcribe(_samples, sampling_rate=${Math.round(sampleRate)})

@@ -43,7 +43,7 @@ export function pyErrorLine(message) {
 }
 
 /**
- * Call `webformers.webapp.<fn>(*args, **kwargs)` in the worker. Arguments and the result travel as
+ * Call `webformers.page.chat.<fn>(*args, **kwargs)` in the worker. Arguments and the result travel as
  * JSON (so None -> null and nested dicts stay plain objects).
  */
 export async function callPy(client, fn, args = [], kwargs = {}) {
@@ -51,7 +51,7 @@ export async function callPy(client, fn, args = [], kwargs = {}) {
   const payload = JSON.stringify(JSON.stringify({ args, kwargs }));
   const code = `
 import json, inspect
-from webformers import webapp as _wa
+from webformers.page import chat as _wa
 _p = json.loads(${payload})
 _r = _wa.${fn}(*_p["args"], **_p["kwargs"])
 if inspect.isawaitable(_r):

@@ -7,7 +7,7 @@ from .logits_process import (
     build_logits_processor, greedy_next_token, sample_next_token, softmax,
 )
 from .streamers import BaseStreamer, IncrementalDecoder, TextIteratorStreamer, TextStreamer
-from .utils import (
+from .loop import (
     CancelCriteria, ContextLengthError, EosTokenCriteria, GenerationMixin, MaxNewTokensCriteria,
     MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList, trim_stop_strings,
 )

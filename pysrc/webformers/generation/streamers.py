@@ -68,7 +68,7 @@ class IncrementalDecoder:
 
 def make_stream_decoder(tokenizer, skip_special_tokens: bool = True):
     """The tokenizer's own incremental decoder (``tokenizer.stream_decoder(...)`` with
-    ``put(id) -> str`` / ``end() -> str``, see ``webformers.tokenizers.TokenStreamDecoder``) when it
+    ``put(id) -> str`` / ``end() -> str``, see ``webformers.text.tokenizers.TokenStreamDecoder``) when it
     has one, else ``IncrementalDecoder`` over ``tokenizer.decode``. Either way: ``step(id) -> str``
     and ``flush() -> str``."""
     factory = getattr(tokenizer, "stream_decoder", None)

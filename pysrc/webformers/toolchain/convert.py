@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..dtypes import onnx_file
-from ..manifest import write_manifest
+from ..store.manifest import write_manifest
 from .quantize import SUPPORTED, check_dtypes
 
 #: model_type (config.json) → the transformers class the exporter handles.

@@ -55,7 +55,7 @@ def toolchain_fingerprint() -> str:
 
     pkg = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    files = [pkg / "toolchain" / f for f in TOOLCHAIN_SOURCES] + [pkg / "dtypes.py", pkg / "manifest.py"]
+    files = [pkg / "toolchain" / f for f in TOOLCHAIN_SOURCES] + [pkg / "dtypes.py", pkg / "store" / "manifest.py"]
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for mod in (onnx, onnxruntime, torch, transformers):

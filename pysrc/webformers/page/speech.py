@@ -12,7 +12,7 @@ loading again replaces (and frees) the previous one.
 """
 from __future__ import annotations
 
-from .asr import DECODER, ENCODER, AutomaticSpeechRecognitionPipeline
+from ..speech.whisper import DECODER, ENCODER, AutomaticSpeechRecognitionPipeline
 
 __all__ = ["load_asr", "transcribe", "wer_grid", "dispose", "current", "DEFAULT_MODEL"]
 
@@ -61,13 +61,13 @@ async def wer_grid(model: str = DEFAULT_MODEL, *, host: str | None = None) -> di
     ``{"dtypes": [...], "matrix": [[wer for each decoder dtype] for each encoder dtype],
     "bytes": [[...]], "grid": [{"encoder_model", "decoder_model_merged", "wer", "bytes"}, ...],
     "recommended": {...}, "module_bytes": {module: {dtype: bytes}}}``."""
-    from .models import open_repo
+    from ..text.causal_lm import open_repo
 
     repo = await open_repo(model, host=host)
     report = await repo.optional_json("quantization_report.json")
     if not report or "grid" not in report:
         raise ValueError(f"{model} has no WER grid (quantization_report.json with a 'grid'); "
-                         f"it is built by webformers.toolchain.whisper")
+                         f"it is built by webformers.toolchain.whisper.convert")
     grid = report["grid"]
     order = list(report["modules"][ENCODER])
     cell = {(g[ENCODER], g[DECODER]): g for g in grid}

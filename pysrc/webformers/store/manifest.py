@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from .dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, dtype_of_file
+from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, dtype_of_file
 
 MANIFEST_PATH = "onnx/manifest.json"
 FORMAT = "webformers-manifest/1"

@@ -21,10 +21,11 @@ from __future__ import annotations
 import sys
 import time
 
-from . import backend, hub
-from .dtypes import DEVICES, DTYPES, check_device, get_dtype
-from .hub import REPORT_PATH, ModelRepo
-from .loading import check_dtype_arg
+from ..runtime import backend
+from ..store import repo as hub
+from ..dtypes import DEVICES, DTYPES, check_device, get_dtype
+from ..store.repo import REPORT_PATH, ModelRepo
+from ..runtime.load import check_dtype_arg
 
 __all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
            "cache_list", "cache_delete", "state", "unload", "dtype_support", "SETTINGS"]
@@ -140,7 +141,7 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
     """Load ``model_id`` as a text-generation pipeline (replacing the loaded one). ``dtype`` is a name,
     ``"auto"`` or ``{module: dtype}``; ``max_bytes`` bounds the download for "auto" choices. Progress
     and warning events stream to the page; the result says what was loaded and how long it took."""
-    from .pipelines import pipeline
+    from ..pipelines import pipeline
 
     dtype = check_dtype_arg(dtype)
     check_device(device)

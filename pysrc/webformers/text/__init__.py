@@ -1,0 +1,1 @@
+"""Text models: the tokenizer, chat templates and the causal language model."""
