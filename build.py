@@ -125,7 +125,7 @@ def main(argv=None):
     p = sub.add_parser("setup", help="install Debian, Python and npm dependencies")
     p.set_defaults(fn=setup)
     p = sub.add_parser("build", help="assemble dist/site (incremental)")
-    p.add_argument("--no-models", action="store_true", help="skip converting the demo models")
+    p.add_argument("--no-models", action="store_true", help="keep the demo models dist/site has (no conversion)")
     p.set_defaults(fn=build)
     p = sub.add_parser("serve", help="set up, build and serve dist/site on 127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

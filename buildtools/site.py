@@ -277,7 +277,25 @@ def build_models() -> list[dict]:
     return models
 
 
+def _built_models() -> list[dict]:
+    index = SITE / "models" / "index.json"
+    return json.loads(index.read_text())["models"] if index.is_file() else []
+
+
 def build(models: bool = True) -> dict:
+    """Assemble dist/site. ``models=False`` keeps the demo models dist/site already has (no conversion).
+
+    One build at a time per dist/ (a file lock), so concurrent builds never interleave their writes.
+    """
+    import fcntl
+
+    DIST.mkdir(parents=True, exist_ok=True)
+    with open(DIST / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(models)
+
+
+def _build(models: bool) -> dict:
     t0 = time.time()
     sys.path.insert(0, str(ROOT / "pysrc"))
     sys.path.insert(0, str(ROOT))
@@ -286,7 +304,7 @@ def build(models: bool = True) -> dict:
     build_ort()
     build_page()
     wheels = build_wheels()
-    model_list = build_models() if models else []
+    model_list = build_models() if models else _built_models()
     site = {
         "pyodide_version": PYODIDE_VERSION,
         "pyodide_packages": PYODIDE_PACKAGES,
