@@ -26,11 +26,10 @@ from ..store import repo as hub
 from ..dtypes import DEVICES, DTYPES, check_device, get_dtype
 from ..store.repo import REPORT_PATH, ModelRepo
 from ..runtime.load import check_dtype_arg
+from ..platform import emit_page_event, reset_stop, stop_requested
 
 __all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
            "cache_list", "cache_delete", "state", "unload", "dtype_support", "SETTINGS"]
-
-IN_BROWSER = sys.platform == "emscripten"
 
 #: generation settings the page may pass to ``chat`` / ``generate_ids``: name -> (type, min, max).
 SETTINGS = {
@@ -46,23 +45,15 @@ _state: dict = {"pipe": None, "model": None, "info": None}
 
 
 def _emit(event: dict) -> None:
-    if IN_BROWSER:  # pragma: no cover - browser only
-        import js  # type: ignore[import-not-found]
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
-        js.wfBridge.emit(to_js(event, dict_converter=js.Object.fromEntries))
+    emit_page_event(event)
 
 
 def _cancelled() -> bool:
-    if IN_BROWSER:  # pragma: no cover
-        import js  # type: ignore[import-not-found]
-        return bool(js.wfBridge.isCancelled())
-    return False
+    return stop_requested()
 
 
 def _reset_cancel() -> None:
-    if IN_BROWSER:  # pragma: no cover
-        import js  # type: ignore[import-not-found]
-        js.wfBridge.resetCancel()
+    reset_stop()
 
 
 # --------------------------------------------------------------------------------------- environment

@@ -19,6 +19,8 @@ import struct
 
 import numpy as np
 
+from ..platform import js_array
+
 __all__ = [
     "AudioError", "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_SECONDS", "N_SAMPLES",
     "decode_wav", "resample", "load_audio", "mel_filter_bank", "log_mel_spectrogram",
@@ -164,10 +166,6 @@ def _kaiser(u: np.ndarray, beta: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ input
 
-def _is_js(x) -> bool:
-    return type(x).__module__.startswith("pyodide") or type(x).__name__.startswith("Js")
-
-
 def load_audio(audio, sampling_rate: int | None = None) -> np.ndarray:
     """Any accepted input (see ``ACCEPTED``) as mono float32 samples at 16 kHz."""
     if isinstance(audio, dict):
@@ -183,16 +181,14 @@ def load_audio(audio, sampling_rate: int | None = None) -> np.ndarray:
         return resample(x, sr, SAMPLE_RATE)
     if isinstance(audio, str):
         raise AudioError(f"got a string ({audio[:40]!r}); pass the audio itself: {ACCEPTED}")
-    if _is_js(audio):  # a JS Float32Array / ArrayBuffer / Uint8Array handed over by the page
-        name = str(getattr(audio, "constructor", None) and audio.constructor.name)
+    js = js_array(audio)  # a JS Float32Array / ArrayBuffer / Uint8Array handed over by the page
+    if js is not None:
+        name, arr = js
         if name in ("ArrayBuffer", "Uint8Array"):
-            return load_audio(audio.to_bytes() if name == "Uint8Array" else bytes(audio.to_py()), sampling_rate)
+            return load_audio(arr.tobytes(), sampling_rate)
         if name != "Float32Array":
             raise AudioError(f"a JS {name} is not audio; pass a Float32Array of samples or WAV bytes (Uint8Array)")
-        out = np.empty(int(audio.length), np.float32)
-        if out.size:
-            audio.assign_to(out)
-        audio = out
+        audio = arr
     try:
         x = np.asarray(audio)
     except Exception as e:  # ragged lists and the like
