@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -16,7 +15,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT))
+from buildtools.common import DIST, SITE, Stamps  # noqa: E402
+
 APT_PACKAGES = ["chromium", "chromium-driver", "espeak-ng", "sox"]
 
 
@@ -24,18 +25,8 @@ def log(msg):
     print(f"[setup] {msg}", flush=True)
 
 
-def _stamp_ok(name: str, key: str) -> bool:
-    p = ROOT / "dist" / ".stamps" / f"{name}.json"
-    return p.exists() and json.loads(p.read_text()).get("key") == key
-
-
-def _stamp(name: str, key: str):
-    p = ROOT / "dist" / ".stamps" / f"{name}.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps({"key": key}))
-
-
-def _key(*files) -> str:
+def setup_key(*files) -> str:
+    """sha256 of the interpreter's path and the files' bytes: a new interpreter or lock file re-installs."""
     h = hashlib.sha256(sys.executable.encode())
     for f in files:
         h.update((ROOT / f).read_bytes())
@@ -55,23 +46,24 @@ def setup(args=None):
             subprocess.run(cmd + ["-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
         else:
             sys.exit(f"missing Debian packages; run as root: sudo {' '.join(cmd)}")
-    key = _key("pyproject.toml")
-    if not _stamp_ok("setup-python", key):
+    stamps = Stamps(DIST / ".stamps", log)
+
+    def pip_install():
         log("installing Python dependencies (pip install -e '.[test]')")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         "-e", f"{ROOT}[test]"], check=True)
-        _stamp("setup-python", key)
-    key = _key("package.json", "package-lock.json")
-    if not _stamp_ok("setup-npm", key) or not (ROOT / "node_modules").exists():
+
+    def npm_ci():
         log("installing npm packages (npm ci)")
         subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
                        check=True, cwd=ROOT)
-        _stamp("setup-npm", key)
+
+    stamps.step("setup-python", setup_key("pyproject.toml"), [], pip_install)
+    stamps.step("setup-npm", setup_key("package.json", "package-lock.json"), [ROOT / "node_modules"], npm_ci)
     log("ok")
 
 
 def build(args=None):
-    sys.path.insert(0, str(ROOT))
     from buildtools.site import build as build_site
     build_site(models=not getattr(args, "no_models", False))
 
@@ -80,9 +72,8 @@ def serve(args):
     if not args.no_build:
         setup()
         build(args)
-    sys.path.insert(0, str(ROOT))
     from buildtools.server import serve as start
-    srv = start(ROOT / "dist" / "site", args.port, verbose=args.verbose)
+    srv = start(SITE, args.port, verbose=args.verbose)
     print(f"webformers demo: {srv.url}/", flush=True)
     try:
         srv.thread.join()
@@ -104,13 +95,11 @@ def generate(args):
     if not args.no_build:
         setup()
         build(args)
-    sys.path.insert(0, str(ROOT))
     from buildtools.headless import generate as run
     sys.exit(run(args))
 
 
 def bench(args):
-    sys.path.insert(0, str(ROOT))
     from buildtools.bench import main as run
     if not args.no_build:
         setup()

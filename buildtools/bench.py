@@ -26,12 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from buildtools.common import CHROMIUM
+from buildtools.common import CHROMIUM_ARGS as COMMON_CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist")) / "site"
 RESULTS = ROOT / "bench" / "results"
-CHROMIUM = os.environ.get("WEBFORMERS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--enable-unsafe-webgpu",
+CHROMIUM_ARGS = [*COMMON_CHROMIUM_ARGS,
                  # performance.measureUserAgentSpecificMemory() answers at once instead of at the next GC
                  "--enable-blink-features=ForceEagerMeasureMemory"]
 

@@ -7,11 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from buildtools.common import CHROMIUM, CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "dist" / "site"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--enable-unsafe-webgpu"]
 
 GENERATE_PY = """
 import json, js

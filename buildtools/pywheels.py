@@ -28,6 +28,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from buildtools.common import sha256_file
+
 JINJA2 = {"name": "jinja2", "version": "3.1.6", "file": "jinja2-3.1.6-py3-none-any.whl",
           "sha256": "85ece4451f492d0c13c5dd7c13a64681a86afae63a5f347908daf103ce6d2f67"}
 MARKUPSAFE = {"name": "markupsafe", "version": "3.0.3", "file": "markupsafe-3.0.3.tar.gz",
@@ -73,12 +75,6 @@ class WheelBuildError(RuntimeError):
     """Downloading, building or verifying a pure wheel failed."""
 
 
-def _sha256(path: Path) -> str:
-    from buildtools.site import sha256_file
-
-    return sha256_file(path)
-
-
 def _run(cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
@@ -91,7 +87,7 @@ def _download(spec: dict, downloads: Path, source: bool) -> Path:
     """pip-download one pinned file (hash-checked) into the cache; reuse it when present and intact."""
     downloads.mkdir(parents=True, exist_ok=True)
     target = downloads / spec["file"]
-    if target.exists() and _sha256(target) == spec["sha256"]:
+    if target.exists() and sha256_file(target) == spec["sha256"]:
         return target
     with tempfile.TemporaryDirectory(prefix="wf-dl-") as tmp:
         req = Path(tmp) / "requirements.txt"
@@ -102,7 +98,7 @@ def _download(spec: dict, downloads: Path, source: bool) -> Path:
         got = Path(tmp) / spec["file"]
         if not got.exists():
             raise WheelBuildError(f"pip did not produce {spec['file']} (got {os.listdir(tmp)})")
-        digest = _sha256(got)
+        digest = sha256_file(got)
         if digest != spec["sha256"]:
             raise WheelBuildError(f"{spec['file']}: sha256 {digest} != pinned {spec['sha256']}")
         shutil.copy2(got, target)
@@ -183,7 +179,7 @@ def build_pure_wheels(dest_dir: Path, cache_dir: Path) -> list[Path]:
     out = []
     for w in (jinja_whl, ms_whl):
         target = dest_dir / w.name
-        if not target.exists() or _sha256(target) != _sha256(w):
+        if not target.exists() or sha256_file(target) != sha256_file(w):
             shutil.copy2(w, target)
         out.append(target)
     return out
@@ -195,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "webformers" / "pywheels")
     args = ap.parse_args(argv)
     for w in build_pure_wheels(args.dest, args.cache):
-        print(w, _sha256(w))
+        print(w, sha256_file(w))
     return 0
 
 

@@ -4,7 +4,6 @@ inputs matches the stamp of its last run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,12 +15,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DIST = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist"))
-SITE = DIST / "site"
-STAMPS = DIST / ".stamps"
+from buildtools.common import CACHE, DIST, ROOT, SITE, Stamps, hash_inputs, sha256_bytes, sha256_file
+
 NODE = ROOT / "node_modules"
-CACHE = Path(os.environ.get("WEBFORMERS_CACHE", Path.home() / ".cache" / "webformers"))
 
 PYODIDE_VERSION = "0.27.7"
 PYODIDE_PACKAGES = ["numpy", "micropip", "packaging"]
@@ -41,47 +37,8 @@ def log(msg):
     print(f"[build] {msg}", flush=True)
 
 
-def sha256_bytes(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def hash_inputs(*items) -> str:
-    """Hash files, directory trees (by relative path + content) and plain strings."""
-    h = hashlib.sha256()
-    for item in items:
-        if isinstance(item, Path):
-            paths = sorted(p for p in item.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                           and not any(part.endswith(".egg-info") for part in p.parts)) \
-                if item.is_dir() else [item]  # (egg-info is written by the wheel build itself)
-            for p in paths:
-                h.update(str(p.relative_to(ROOT) if ROOT in p.parents else p).encode())
-                h.update(sha256_file(p).encode() if p.exists() else b"missing")
-        else:
-            h.update(str(item).encode())
-    return h.hexdigest()
-
-
-def step(name: str, key: str, outputs: list[Path], fn) -> bool:
-    """Run ``fn`` unless the stamp says it ran with the same inputs and its outputs still exist."""
-    stamp = STAMPS / f"{name}.json"
-    if stamp.exists() and all(o.exists() for o in outputs):
-        if json.loads(stamp.read_text()).get("key") == key:
-            log(f"{name}: up to date")
-            return False
-    t0 = time.time()
-    fn()
-    STAMPS.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"key": key, "seconds": round(time.time() - t0, 2)}))
-    log(f"{name}: built in {time.time() - t0:.1f} s")
-    return True
+#: every step runs only when the content key of its inputs differs from its stamp's (or an output is gone)
+stamps = Stamps(DIST / ".stamps", log)
 
 
 def _copy(src: Path, dst: Path):
@@ -172,7 +129,7 @@ def build_pyodide():
 
     key = hash_inputs(NODE / "pyodide" / "pyodide-lock.json", NODE / "pyodide" / "package.json",
                       PYODIDE_PACKAGES, Path(__file__))
-    step("pyodide", key, [dst / f for f in PYODIDE_CORE], run)
+    stamps.step("pyodide", key, [dst / f for f in PYODIDE_CORE], run)
     return {n: lock["packages"][n]["file_name"] for n in PYODIDE_PACKAGES}
 
 
@@ -181,7 +138,7 @@ def build_ort():
     src = NODE / "onnxruntime-web" / "dist"
     dst = SITE / "ort"
     key = hash_inputs(*(src / f for f in ORT_FILES))
-    step("ort", key, [dst / f for f in ORT_FILES], lambda: [_copy(src / f, dst / f) for f in ORT_FILES])
+    stamps.step("ort", key, [dst / f for f in ORT_FILES], lambda: [_copy(src / f, dst / f) for f in ORT_FILES])
 
 
 VENDOR = {"chart.umd.min.js": NODE / "chart.js" / "dist" / "chart.umd.min.js"}
@@ -204,7 +161,7 @@ def build_page():
             _copy(src, SITE / "vendor" / name)
 
     key = hash_inputs(web, *VENDOR.values())
-    step("page", key, [SITE / "index.html"], run)
+    stamps.step("page", key, [SITE / "index.html"], run)
 
 
 # ---------------------------------------------------------------- wheels
@@ -225,7 +182,7 @@ def build_webformers_wheel() -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(ROOT / "build", ignore_errors=True)
 
-    step("webformers-wheel", key, [target], run)
+    stamps.step("webformers-wheel", key, [target], run)
     wheels = list(target.glob("webformers-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one webformers wheel in {target}, found {wheels}")
@@ -236,7 +193,7 @@ def build_wheels() -> list[dict]:
     from buildtools.pywheels import build_pure_wheels
 
     out_dir = CACHE / "purewheels-out"
-    step("pure-wheels", hash_inputs(ROOT / "buildtools" / "pywheels.py"), [out_dir],
+    stamps.step("pure-wheels", hash_inputs(ROOT / "buildtools" / "pywheels.py"), [out_dir],
          lambda: (shutil.rmtree(out_dir, ignore_errors=True),  # downloads, builds, verifies once
                   build_pure_wheels(out_dir, CACHE / "purewheels")))
     deps = sorted(out_dir.glob("*-py3-none-any.whl"))
@@ -260,7 +217,7 @@ def build_models() -> list[dict]:
     which = os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2,whisper").split(",")
     repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
     if "whisper" in which:
-        from webformers.toolchain.whisper.convert.convert import build_whisper_demo
+        from webformers.toolchain.whisper.convert import build_whisper_demo
 
         repos.append(build_whisper_demo(SITE / "models", log=log))
     models = []

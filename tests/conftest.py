@@ -10,22 +10,16 @@ with webformers booted in its worker.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SITE = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist")) / "site"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from buildtools.common import CHROMIUM, CHROMIUM_ARGS, ROOT, SITE  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "pysrc"))
 
-CHROMIUM = os.environ.get("WEBFORMERS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run", "--disable-quic", "--enable-unsafe-webgpu",
-]
 BOOT_TIMEOUT_MS = 120_000
 ARTIFACTS = ROOT / "test-artifacts"
 
