@@ -38,6 +38,7 @@ from pyodide.code import run_js
 from webformers.store import repo as hub
 from webformers.store.repo import ModelRepo
 from webformers.runtime.load import load_sessions
+from webformers.platform import sha256_hex
 HOST = {host!r}
 MODEL = {MODEL!r}
 IDS = np.array({IDS!r}, dtype=np.int64)
@@ -212,7 +213,7 @@ out = await run_both(loaded)
 c = await js.caches.open(hub.CACHE_NAME)
 r = await c.match({url!r})
 data = js.Uint8Array.new(await r.arrayBuffer())
-json.dumps({{"out": out, "warnings": loaded.warnings, "sha": await hub._sha256(data)}})
+json.dumps({{"out": out, "warnings": loaded.warnings, "sha": await sha256_hex(data)}})
 """))
     assert model_requests(page, n) == [onnx_file(DEC, "q4")]
     assert any("corrupted" in w and "sha256" in w for w in res["warnings"])
@@ -242,7 +243,7 @@ out = await run_both(loaded)
 c = await js.caches.open(hub.CACHE_NAME)
 r = await c.match({page.repo_url + target!r})
 data = js.Uint8Array.new(await r.arrayBuffer())
-json.dumps({{"out": out, "sha": await hub._sha256(data), "n": data.length,
+json.dumps({{"out": out, "sha": await sha256_hex(data), "n": data.length,
             "warnings": [e["message"] for e in events if e["status"] == "warning"]}})
 """))
     page.context.unroute(f"**/{target}")
@@ -289,7 +290,6 @@ json.dumps({{"out": out, "warnings": [e["message"] for e in events if e["status"
     # no Cache API at all (e.g. an opaque origin): same results, uncached
     res = json.loads(run_py(page, f"""
 run_js('Object.defineProperty(self, "caches", {{value: undefined, configurable: true}})')
-hub._browser_store = None
 events.clear()
 loaded = await load("q4", modules=["{DEC}"])
 out = await run_both(loaded)

@@ -7,6 +7,7 @@ count downloads. The cache directory is a fresh tmp dir per test (``WEBFORMERS_C
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import sys
@@ -28,6 +29,7 @@ from conftest import run_async
 from webformers.store import repo as hub
 from webformers.runtime import load as loading# noqa: E402
 from webformers.dtypes import DTYPES, onnx_file  # noqa: E402
+from webformers.platform import DirStore, QuotaError  # noqa: E402
 from webformers.store.repo import IntegrityError, ModelRepo  # noqa: E402
 from webformers.runtime.load import load_sessions, onnx_output_names, select_dtypes  # noqa: E402
 
@@ -413,7 +415,7 @@ def test_corrupted_cache_entry_is_evicted_and_refetched(server, repo_dir, _cache
         repo = await ModelRepo.open(MODEL, host=server.plain)
         await load_sessions(repo, ["encoder_model"], dtype="q4", device="wasm", adapter=NO_GPU)
         url = repo.url("onnx/encoder_model_q4.onnx")
-        data_p, _ = hub._DirStore(_cache)._paths(url)
+        data_p, _ = DirStore(_cache).paths(url)
         good = data_p.read_bytes()
         bad = bytearray(good)
         bad[len(bad) // 2] ^= 0xFF  # same size, different sha256
@@ -453,7 +455,7 @@ def test_html_with_200_is_a_clear_error_and_not_cached(server, _cache):
         msg = str(e.value)
         assert "onnx/encoder_model_q4.onnx" in msg and "HTML" in msg and "not cached" in msg
         assert server.files()["onnx/encoder_model_q4.onnx"] == 1  # a complete wrong body is not retried
-        assert not (await hub._DirStore(_cache).get(repo.url("onnx/encoder_model_q4.onnx")))
+        assert not (await DirStore(_cache).get(repo.url("onnx/encoder_model_q4.onnx")))
         # an HTML page for the manifest: a clear error too
         server.hooks["onnx/manifest.json"] = html
         with pytest.raises(ValueError, match="HTML page"):
@@ -506,8 +508,8 @@ def test_download_broken_midway_is_retried_and_nothing_partial_cached(server, _c
                                      progress_callback=events.append)
         assert server.files()["onnx/decoder_model_merged.onnx_data"] == 2
         assert any(e["status"] == "warning" and "retrying" in e["message"] for e in events)
-        data = await hub._DirStore(_cache).get(repo.url("onnx/decoder_model_merged.onnx_data"))
-        assert hub.hashlib.sha256(data).hexdigest() == repo.manifest.entry("onnx/decoder_model_merged.onnx_data")["sha256"]
+        data = await DirStore(_cache).get(repo.url("onnx/decoder_model_merged.onnx_data"))
+        assert hashlib.sha256(data).hexdigest() == repo.manifest.entry("onnx/decoder_model_merged.onnx_data")["sha256"]
         assert loaded.dtypes == {"decoder_model_merged": "fp32"}
         # a file that always breaks: bounded retries, clear error, nothing cached
         state["n"] = -100
@@ -515,7 +517,7 @@ def test_download_broken_midway_is_retried_and_nothing_partial_cached(server, _c
         with pytest.raises(ConnectionError, match=f"failed {hub.RETRIES} times"):
             await repo.file("onnx/encoder_model_q4.onnx")
         assert server.files()["onnx/encoder_model_q4.onnx"] == hub.RETRIES
-        assert await hub._DirStore(_cache).get(repo.url("onnx/encoder_model_q4.onnx")) is None
+        assert await DirStore(_cache).get(repo.url("onnx/encoder_model_q4.onnx")) is None
         # 404: not retried
         (Path(server.roots[MODEL]) / "onnx").exists()
         with pytest.raises(FileNotFoundError, match="HTTP 404"):
@@ -525,8 +527,8 @@ def test_download_broken_midway_is_retried_and_nothing_partial_cached(server, _c
 
 def test_quota_error_warns_and_continues_uncached(server, monkeypatch, repo_dir):
     async def full(self, url, data, meta):
-        raise hub._QuotaError("QuotaExceededError: the quota has been exceeded")
-    monkeypatch.setattr(hub._DirStore, "put", full)
+        raise QuotaError("QuotaExceededError: the quota has been exceeded")
+    monkeypatch.setattr(DirStore, "put", full)
     events = []
 
     async def go():
@@ -664,7 +666,7 @@ def test_cancelled_download_does_not_cancel_the_joined_request(server):
         first.cancel()
         data = await second
         assert first.cancelled()
-        assert hub.hashlib.sha256(data).hexdigest() == repo.manifest.entry(path)["sha256"]
+        assert hashlib.sha256(data).hexdigest() == repo.manifest.entry(path)["sha256"]
         assert server.files()[path] == 2  # the second one had to download it itself
         assert not hub._inflight
     run(go())

@@ -1,15 +1,35 @@
 """The platform layer: everything that differs between the browser (Pyodide) and CPython, behind one API.
 
-Only this package and ``runtime/backend`` import ``js`` / ``pyodide``. ``IN_BROWSER`` is defined here;
-the rest of webformers calls these functions and never branches on the platform:
+Only this package and ``runtime/backend`` import ``js`` / ``pyodide``. ``IN_BROWSER`` is defined here and
+picks ``_browser`` or ``_cpython``, which define the same functions; the rest of webformers calls them
+and never branches on the platform:
 
 - page events and Stop: ``emit_page_event(event)``, ``stop_requested()``, ``reset_stop()``;
 - JS values handed to Python: ``js_array(x)`` (a JS typed array / ArrayBuffer as ``(kind, numpy array)``,
-  or None for anything else).
+  or None for anything else);
+- bytes (a JS ``Uint8Array`` in the browser, so model files never enter Python memory; Python bytes on
+  CPython, and accepted in the browser too): ``byte_length``, ``byte_slice`` (to Python bytes),
+  ``await sha256_hex``, ``decode_text`` (UTF-8);
+- downloads: ``await fetch_bytes(url, on_progress, expected, no_cache=)`` -> ``(status, content_type,
+  body)`` (``fetch`` in the browser, urllib on CPython), ``await read_file(path)`` (a local file or None);
+- the file store: ``await open_store(name)`` -> ``(store, None)`` or ``(None, reason)``; a store has
+  ``get(url)``, ``put(url, data, meta)``, ``delete(url)`` (bytes freed), ``entries()`` (metadata dicts
+  with ``url`` and ``size``), ``usage()`` and ``cache_name`` (its Cache API cache, or None). The browser's
+  is ``CacheApiStore`` (the Cache API), CPython's ``DirStore`` (a directory, ``cache_dir()``; None in the
+  browser);
+- storage: ``await estimate_storage(cache_bytes)`` -> ``{"usage", "quota", "persisted"}``,
+  ``await persist_storage()``;
+- ``default_host()``: where model repos are served when no host is named (the page origin + ``/models``;
+  ``$WEBFORMERS_HOST`` or None on CPython).
+
+Errors (``errors``, the same on both): ``RetryableError`` (a download worth retrying), ``QuotaError`` (a
+store is full).
 """
 from __future__ import annotations
 
 import sys
+
+from .errors import QuotaError, RetryableError
 
 IN_BROWSER = sys.platform == "emscripten"
 
@@ -20,4 +40,4 @@ else:
     from ._cpython import *  # noqa: F401,F403
     from ._cpython import __all__
 
-__all__ = ["IN_BROWSER", *__all__]
+__all__ = ["IN_BROWSER", "QuotaError", "RetryableError", *__all__]

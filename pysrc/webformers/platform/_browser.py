@@ -1,12 +1,32 @@
-"""Browser (Pyodide) side of the platform layer."""
+"""Browser (Pyodide) side of the platform layer: the page through ``wfBridge``, downloads with ``fetch``,
+the Cache API as the file store, ``crypto.subtle``. Model bytes stay in JS (``Uint8Array``); the byte
+helpers also take Python bytes."""
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 import js  # type: ignore[import-not-found]
 import numpy as np
-from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import JsException, JsProxy, to_js  # type: ignore[import-not-found]
 
-__all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array"]
+from .errors import QuotaError, RetryableError
 
+__all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
+           "byte_length", "byte_slice", "sha256_hex", "decode_text",
+           "fetch_bytes", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
+           "default_host", "CacheApiStore"]
+
+#: response header of a Cache API entry that holds its metadata (JSON)
+META_HEADER = "x-webformers"
+
+
+def _js_object(d: dict):
+    return to_js(d, dict_converter=js.Object.fromEntries)
+
+
+# --------------------------------------------------------------------------------------- page
 
 def _bridge():
     return getattr(js, "wfBridge", None)
@@ -17,7 +37,7 @@ def emit_page_event(event: dict) -> None:
     bridge = _bridge()
     emit = getattr(bridge, "emit", None) if bridge is not None else None
     if emit is not None:
-        emit(to_js(event, dict_converter=js.Object.fromEntries))
+        emit(_js_object(event))
 
 
 def stop_requested() -> bool:
@@ -49,3 +69,201 @@ def js_array(x):
     if out.size:
         x.assign_to(out)
     return name, out
+
+
+# -------------------------------------------------------------------------------------- bytes
+
+def byte_length(data) -> int:
+    """The number of bytes in ``data`` (a JS ``Uint8Array``, or Python bytes)."""
+    return int(data.length) if isinstance(data, JsProxy) else len(data)
+
+
+def byte_slice(data, start: int, end: int) -> bytes:
+    """``data[start:end]`` as Python bytes (only the slice crosses from JS)."""
+    if isinstance(data, JsProxy):
+        return data.subarray(start, end).to_bytes()
+    return bytes(data[start:end])
+
+
+async def sha256_hex(data) -> str:
+    """The hex sha256 of ``data`` (``crypto.subtle`` for JS bytes: they stay in JS)."""
+    if not isinstance(data, JsProxy):
+        return hashlib.sha256(data).hexdigest()
+    digest = await js.crypto.subtle.digest("SHA-256", data)
+    return js.Uint8Array.new(digest).to_bytes().hex()
+
+
+def decode_text(data) -> str:
+    """``data`` decoded as UTF-8."""
+    if isinstance(data, JsProxy):
+        return str(js.TextDecoder.new("utf-8").decode(data))
+    return bytes(data).decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------- transport
+
+async def fetch_bytes(url: str, on_progress, expected: int | None = None, *, no_cache: bool = False):
+    """GET ``url`` with ``fetch``: ``(status, content_type, body)``, the body (a ``Uint8Array``) only for
+    HTTP 200. ``await on_progress(loaded, total)`` after every chunk (``total``: Content-Length unless the
+    body is content-encoded, else ``expected``). ``no_cache`` revalidates with the server instead of using
+    the browser's HTTP cache. Raises ``RetryableError`` on network errors and truncated bodies."""
+    try:
+        resp = await js.fetch(url, _js_object({"cache": "no-cache"} if no_cache else {}))
+    except Exception as e:  # TypeError: Failed to fetch (offline, aborted, CORS)
+        raise RetryableError(f"could not fetch {url}: {e}") from e
+    status = int(resp.status)
+    ctype = resp.headers.get("content-type") or ""
+    if status != 200:
+        return status, ctype, None
+    clen = resp.headers.get("content-length")
+    encoded = resp.headers.get("content-encoding")
+    total = int(clen) if clen and not encoded else (expected or 0)
+    chunks = []
+    loaded = 0
+    if isinstance(resp.body, JsProxy):
+        reader = resp.body.getReader()
+        while True:
+            try:
+                r = await reader.read()
+            except Exception as e:
+                raise RetryableError(f"download of {url} broke off after {loaded} bytes: {e}") from e
+            if r.done:
+                break
+            chunk = r.value
+            chunks.append(chunk)
+            loaded += int(chunk.length)
+            await on_progress(loaded, max(total, loaded))
+    if clen and not encoded and loaded < int(clen):
+        raise RetryableError(f"download of {url} broke off after {loaded} of {clen} bytes")
+    out = js.Uint8Array.new(loaded)
+    offset = 0
+    for c in chunks:
+        out.set(c, offset)
+        offset += int(c.length)
+    return status, ctype, out
+
+
+async def read_file(path) -> bytes | None:
+    """The bytes of ``path`` in Pyodide's file system, or None when it does not exist."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------------------- store
+
+def cache_dir() -> None:
+    """None: the browser keeps model files in the Cache API, not in a directory."""
+    return None
+
+
+def _meta_of(resp) -> dict | None:
+    raw = resp.headers.get(META_HEADER)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class CacheApiStore:
+    """The file store in the browser: one Cache API cache, keyed by URL, each entry's metadata (JSON) in
+    its ``x-webformers`` response header."""
+
+    def __init__(self, cache, name: str):
+        self.cache = cache
+        #: the Cache API cache holding the files (the onnxruntime worker reads them for warm start)
+        self.cache_name = name
+
+    async def get(self, url: str):
+        """The stored bytes of ``url`` (a ``Uint8Array``), or None."""
+        resp = await self.cache.match(url)
+        if not isinstance(resp, JsProxy):
+            return None
+        return js.Uint8Array.new(await resp.arrayBuffer())
+
+    async def put(self, url: str, data, meta: dict) -> None:
+        """Store ``data`` for ``url`` with ``meta`` (plus ``url`` and ``size``); ``QuotaError`` when the
+        origin's quota is full."""
+        size = byte_length(data)
+        headers = js.Headers.new()
+        headers.set("content-type", "application/octet-stream")
+        headers.set("content-length", str(size))
+        headers.set(META_HEADER, json.dumps({**meta, "url": url, "size": size}))
+        try:
+            await self.cache.put(url, js.Response.new(data, _js_object({"headers": headers, "status": 200})))
+        except JsException as e:
+            if e.name == "QuotaExceededError":
+                raise QuotaError(str(e)) from e
+            raise
+
+    async def delete(self, url: str) -> int:
+        """Remove ``url``; the bytes freed."""
+        resp = await self.cache.match(url)
+        size = 0
+        if isinstance(resp, JsProxy):
+            meta = _meta_of(resp)
+            size = int(meta.get("size", 0)) if meta else 0
+        await self.cache.delete(url)
+        return size
+
+    async def entries(self) -> list[dict]:
+        """The metadata of every stored file (with ``url`` and ``size``)."""
+        out = []
+        for req in await self.cache.keys():
+            resp = await self.cache.match(req)
+            if not isinstance(resp, JsProxy):
+                continue
+            meta = _meta_of(resp)
+            if meta is not None:
+                meta["url"] = str(req.url)
+                out.append(meta)
+        return out
+
+    async def usage(self) -> int:
+        """Bytes of the stored files."""
+        return sum(int(e.get("size", 0)) for e in await self.entries())
+
+
+async def open_store(name: str):
+    """``(store, None)`` for the Cache API cache ``name``, or ``(None, reason)`` when the Cache API is not
+    available (no ``caches`` global) or not usable (e.g. a SecurityError on an opaque origin)."""
+    caches = getattr(js, "caches", None)
+    if not isinstance(caches, JsProxy):
+        return None, "the Cache API is not available here (no 'caches' global)"
+    try:
+        return CacheApiStore(await caches.open(name), name), None
+    except Exception as e:
+        return None, f"the Cache API is not usable here ({e})"
+
+
+def _storage():
+    storage = getattr(js.navigator, "storage", None)
+    return storage if isinstance(storage, JsProxy) else None
+
+
+async def estimate_storage(cache_bytes: int) -> dict:
+    """``{"usage", "quota", "persisted"}`` from ``navigator.storage`` (None, None, False without it)."""
+    storage = _storage()
+    if storage is None:
+        return {"usage": None, "quota": None, "persisted": False}
+    est = await storage.estimate()
+    persisted = bool(await storage.persisted()) if hasattr(storage, "persisted") else False
+    return {"usage": int(est.usage), "quota": int(est.quota), "persisted": persisted}
+
+
+async def persist_storage() -> bool:
+    """``navigator.storage.persist()``; in a worker, where ``persist`` does not exist, ``persisted()``."""
+    storage = _storage()
+    if storage is None:
+        return False
+    if hasattr(storage, "persist"):
+        return bool(await storage.persist())
+    return bool(await storage.persisted()) if hasattr(storage, "persisted") else False
+
+
+def default_host() -> str:
+    """Where model repos are served when no host is named: the page origin + ``/models``."""
+    return str(js.location.origin) + "/models"

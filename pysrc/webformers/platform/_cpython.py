@@ -1,8 +1,31 @@
-"""CPython side of the platform layer: no page, so events go nowhere and Stop is never requested."""
+"""CPython side of the platform layer: no page (events go nowhere, Stop is never requested), downloads
+with urllib, a directory as the file store, hashlib."""
 from __future__ import annotations
 
-__all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array"]
+import asyncio
+import errno
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+from .errors import QuotaError, RetryableError
+
+__all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
+           "byte_length", "byte_slice", "sha256_hex", "decode_text",
+           "fetch_bytes", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
+           "default_host", "DirStore"]
+
+CHUNK = 1 << 20
+#: buffers larger than this are hashed in a thread, so the event loop keeps running
+_HASH_IN_THREAD = 8 << 20
+
+
+# --------------------------------------------------------------------------------------- page
 
 def emit_page_event(event: dict) -> None:
     """Send ``event`` to the hosting page (none on CPython)."""
@@ -20,3 +43,181 @@ def reset_stop() -> None:
 def js_array(x):
     """``(kind, numpy array)`` for a JS ArrayBuffer / typed array; None for anything else (no JS here)."""
     return None
+
+
+# -------------------------------------------------------------------------------------- bytes
+
+def byte_length(data) -> int:
+    """The number of bytes in ``data`` (bytes, bytearray or memoryview)."""
+    return len(data)
+
+
+def byte_slice(data, start: int, end: int) -> bytes:
+    """``data[start:end]`` as bytes."""
+    return bytes(data[start:end])
+
+
+async def sha256_hex(data) -> str:
+    """The hex sha256 of ``data``."""
+    if len(data) > _HASH_IN_THREAD:
+        return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_text(data) -> str:
+    """``data`` decoded as UTF-8."""
+    return bytes(data).decode("utf-8")
+
+
+# ----------------------------------------------------------------------------------- transport
+
+async def fetch_bytes(url: str, on_progress, expected: int | None = None, *, no_cache: bool = False):
+    """GET ``url``: ``(status, content_type, body)``, the body (bytes) only for HTTP 200. ``await
+    on_progress(loaded, total)`` after every chunk (``total``: Content-Length, else ``expected``).
+    ``no_cache`` asks to bypass an HTTP cache (urllib keeps none). Raises ``RetryableError`` on network
+    errors and bodies shorter than their Content-Length."""
+    def _open():
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
+                                          timeout=60)
+        except urllib.error.HTTPError as e:
+            return e
+    try:
+        resp = await asyncio.to_thread(_open)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise RetryableError(f"could not fetch {url}: {e}") from e
+    try:
+        status = resp.status if hasattr(resp, "status") else resp.code
+        ctype = resp.headers.get("Content-Type", "") if resp.headers else ""
+        if status != 200:
+            return status, ctype, None
+        clen = resp.headers.get("Content-Length")
+        total = int(clen) if clen and clen.isdigit() else (expected or 0)
+        buf = bytearray()
+        while True:
+            try:
+                chunk = await asyncio.to_thread(resp.read, CHUNK)
+            except (OSError, http.client.HTTPException) as e:
+                raise RetryableError(f"download of {url} broke off after {len(buf)} bytes: {e}") from e
+            if not chunk:
+                break
+            buf += chunk
+            await on_progress(len(buf), max(total, len(buf)))
+        if clen and clen.isdigit() and len(buf) < int(clen):
+            raise RetryableError(f"download of {url} broke off after {len(buf)} of {clen} bytes")
+        return status, ctype, bytes(buf)
+    finally:
+        resp.close()
+
+
+async def read_file(path) -> bytes | None:
+    """The bytes of the local file ``path``, or None when it does not exist."""
+    try:
+        return await asyncio.to_thread(Path(path).read_bytes)
+    except FileNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------------------- store
+
+def cache_dir() -> Path:
+    """The directory that holds cached model files: ``$WEBFORMERS_CACHE`` or ``~/.cache/webformers/hub``."""
+    return Path(os.environ.get("WEBFORMERS_CACHE") or Path.home() / ".cache" / "webformers" / "hub")
+
+
+class DirStore:
+    """The file store on CPython: per URL one data file and one metadata file (``data/<sha256(url)>``,
+    ``meta/<sha256(url)>.json``), written atomically (temp file + ``os.replace``)."""
+
+    #: the browser Cache API cache holding the files (none: this store is a directory)
+    cache_name = None
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def paths(self, url: str) -> tuple[Path, Path]:
+        """(data file, metadata file) of ``url``."""
+        key = hashlib.sha256(url.encode()).hexdigest()
+        return self.root / "data" / key, self.root / "meta" / (key + ".json")
+
+    async def get(self, url: str):
+        """The stored bytes of ``url``, or None."""
+        data_p, meta_p = self.paths(url)
+        if not (data_p.exists() and meta_p.exists()):
+            return None
+        try:
+            return await asyncio.to_thread(data_p.read_bytes)
+        except OSError:
+            return None
+
+    async def put(self, url: str, data, meta: dict) -> None:
+        """Store ``data`` for ``url`` with ``meta`` (plus ``url`` and ``size``); ``QuotaError`` when the disk
+        is full (nothing is left behind)."""
+        data_p, meta_p = self.paths(url)
+        try:
+            for p, payload in ((data_p, bytes(data)),
+                               (meta_p, json.dumps({**meta, "url": url, "size": len(data)}).encode())):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                tmp = p.with_name(f".{p.name}.{os.getpid()}.{id(payload)}.tmp")
+                await asyncio.to_thread(tmp.write_bytes, payload)
+                os.replace(tmp, p)
+        except OSError as e:
+            for p in (data_p, meta_p):
+                p.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise QuotaError(str(e)) from e
+            raise
+
+    async def delete(self, url: str) -> int:
+        """Remove ``url``; the bytes freed."""
+        data_p, meta_p = self.paths(url)
+        size = data_p.stat().st_size if data_p.exists() else 0
+        data_p.unlink(missing_ok=True)
+        meta_p.unlink(missing_ok=True)
+        return size
+
+    async def entries(self) -> list[dict]:
+        """The metadata of every stored file (with ``url`` and ``size``)."""
+        out = []
+        meta_dir = self.root / "meta"
+        if not meta_dir.is_dir():
+            return out
+        for p in sorted(meta_dir.glob("*.json")):
+            try:
+                meta = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            data_p = self.root / "data" / p.name[: -len(".json")]
+            if data_p.exists():
+                meta["size"] = data_p.stat().st_size
+                out.append(meta)
+        return out
+
+    async def usage(self) -> int:
+        """Bytes the store takes on disk."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
+
+
+async def open_store(name: str):
+    """``(store, None)``: the ``DirStore`` at ``cache_dir()`` (``name`` names the browser's Cache API cache;
+    CPython keeps one directory)."""
+    return DirStore(cache_dir()), None
+
+
+async def estimate_storage(cache_bytes: int) -> dict:
+    """``{"usage", "quota", "persisted"}``: the store's bytes, those plus the disk's free space, True."""
+    probe = cache_dir()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    return {"usage": cache_bytes, "quota": cache_bytes + free, "persisted": True}
+
+
+async def persist_storage() -> bool:
+    """Files on disk stay until deleted: True."""
+    return True
+
+
+def default_host() -> str | None:
+    """Where model repos are served when no host is named: ``$WEBFORMERS_HOST`` (None when unset)."""
+    return os.environ.get("WEBFORMERS_HOST") or None

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import backend
+from .. import platform
 from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
 from ..store.repo import REPORT_PATH, ModelRepo, _Events
 
@@ -282,20 +283,19 @@ def _best_within(manifest, report, cands: dict, budget: int) -> dict | None:
 # ------------------------------------------------------------------------------ ONNX output names
 
 class _Reader:
-    """Random access to bytes or a JS Uint8Array through a window, so only small slices cross to Python."""
+    """Random access to model bytes (a JS Uint8Array in the browser) through a window, so only small
+    slices cross to Python."""
 
     WINDOW = 1 << 16
 
     def __init__(self, data):
         self.data = data
-        self.py = isinstance(data, (bytes, bytearray, memoryview))
-        self.n = len(data) if self.py else int(data.length)
+        self.n = platform.byte_length(data)
         self.start, self.buf = 0, b""
 
     def byte(self, pos: int) -> int:
         if not (self.start <= pos < self.start + len(self.buf)):
-            end = min(self.n, pos + self.WINDOW)
-            self.buf = bytes(self.data[pos:end]) if self.py else self.data.subarray(pos, end).to_bytes()
+            self.buf = platform.byte_slice(self.data, pos, min(self.n, pos + self.WINDOW))
             self.start = pos
         return self.buf[pos - self.start]
 

@@ -36,15 +36,13 @@ and, in the browser, to ``js.wfBridge.emit`` when the worker provides it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
+from .. import platform
 from ..dtypes import get_dtype
+from ..platform import QuotaError, RetryableError, cache_dir, default_host
 from .manifest import MANIFEST_PATH, Manifest
 
 __all__ = [
@@ -52,29 +50,14 @@ __all__ = [
     "request_persistence", "resolve_url", "default_host", "cache_dir", "CACHE_NAME", "RETRIES",
 ]
 
-IN_BROWSER = sys.platform == "emscripten"
-if IN_BROWSER:  # pragma: no cover - exercised by the browser tests
-    import js  # type: ignore[import-not-found]
-    from pyodide.ffi import to_js  # type: ignore[import-not-found]
-
 CACHE_NAME = "webformers-hub-v1"
-META_HEADER = "x-webformers"
 RETRIES = 3
-CHUNK = 1 << 20
 EVENT_KEYS = ("status", "name", "file", "loaded", "total", "progress", "cached", "overall")
 REPORT_PATH = "quantization_report.json"
 
 
 class IntegrityError(ValueError):
     """A file's bytes are not what the manifest says (size or sha256)."""
-
-
-class _Retryable(Exception):
-    """A download failed in a way worth retrying (network error, truncation, HTTP 5xx)."""
-
-
-class _QuotaError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -86,11 +69,7 @@ async def _deliver(event: dict, callbacks) -> None:
         r = cb(event)
         if inspect.isawaitable(r):
             await r
-    if IN_BROWSER:  # pragma: no cover
-        bridge = getattr(js, "wfBridge", None)
-        emit = getattr(bridge, "emit", None) if bridge is not None else None
-        if emit is not None:
-            emit(to_js(event, dict_converter=js.Object.fromEntries))
+    platform.emit_page_event(event)
 
 
 class _Events:
@@ -133,15 +112,6 @@ class _Events:
 
 # ----------------------------------------------------------------------------------------------- URLs
 
-def default_host(model: str | None = None) -> str | None:
-    if IN_BROWSER:  # pragma: no cover
-        return str(js.location.origin) + "/models"
-    env = os.environ.get("WEBFORMERS_HOST")
-    if env:
-        return env
-    return None
-
-
 _PLACEHOLDERS = ("{model}", "{revision}", "{file}")
 
 
@@ -168,301 +138,29 @@ def _local_path(url: str) -> Path:
 
 # --------------------------------------------------------------------------------------------- bytes
 
-def _length(data) -> int:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return len(data)
-    return int(data.length)  # JS Uint8Array
-
-
-def _head(data, n: int = 256) -> bytes:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data[:n])
-    return data.subarray(0, n).to_bytes()
-
-
-async def _sha256(data) -> str:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        if len(data) > (8 << 20):
-            return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        return hashlib.sha256(data).hexdigest()
-    digest = await js.crypto.subtle.digest("SHA-256", data)  # pragma: no cover
-    return js.Uint8Array.new(digest).to_bytes().hex()  # pragma: no cover
-
-
-def _decode(data) -> str:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data).decode("utf-8")
-    return str(js.TextDecoder.new("utf-8").decode(data))  # pragma: no cover
-
-
 def _looks_html(data, content_type: str) -> bool:
     if "html" in (content_type or "").lower():
         return True
-    head = _head(data, 256).lstrip().lower()
+    head = platform.byte_slice(data, 0, 256).lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
 async def _verify(data, entry: dict) -> str | None:
     """None when ``data`` matches the manifest entry, else what is wrong."""
-    n = _length(data)
+    n = platform.byte_length(data)
     if n != entry["size"]:
         return f"{n} bytes instead of {entry['size']}"
-    got = await _sha256(data)
+    got = await platform.sha256_hex(data)
     if got != entry["sha256"]:
         return f"sha256 {got[:16]}... instead of {entry['sha256'][:16]}..."
     return None
 
 
-# ------------------------------------------------------------------------------------------ transport
-
-async def _http_get(url: str, on_progress, expected: int | None, no_cache: bool = False):
-    """(status, content_type, data|None). Raises _Retryable on network errors and truncated bodies."""
-    if IN_BROWSER:  # pragma: no cover
-        return await _http_get_browser(url, on_progress, expected, no_cache)
-    return await _http_get_cpython(url, on_progress, expected)
-
-
-async def _http_get_cpython(url, on_progress, expected):
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    def _open():
-        try:
-            return urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
-                                          timeout=60)
-        except urllib.error.HTTPError as e:
-            return e
-    try:
-        resp = await asyncio.to_thread(_open)
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise _Retryable(f"could not fetch {url}: {e}") from e
-    try:
-        status = resp.status if hasattr(resp, "status") else resp.code
-        ctype = resp.headers.get("Content-Type", "") if resp.headers else ""
-        if status != 200:
-            return status, ctype, None
-        clen = resp.headers.get("Content-Length")
-        total = int(clen) if clen and clen.isdigit() else (expected or 0)
-        buf = bytearray()
-        while True:
-            try:
-                chunk = await asyncio.to_thread(resp.read, CHUNK)
-            except (OSError, http.client.HTTPException) as e:
-                raise _Retryable(f"download of {url} broke off after {len(buf)} bytes: {e}") from e
-            if not chunk:
-                break
-            buf += chunk
-            await on_progress(len(buf), max(total, len(buf)))
-        if clen and clen.isdigit() and len(buf) < int(clen):
-            raise _Retryable(f"download of {url} broke off after {len(buf)} of {clen} bytes")
-        return status, ctype, bytes(buf)
-    finally:
-        resp.close()
-
-
-async def _http_get_browser(url, on_progress, expected, no_cache):  # pragma: no cover
-    try:
-        init = js.Object.new()
-        if no_cache:
-            init.cache = "no-cache"
-        resp = await js.fetch(url, init)
-    except Exception as e:  # TypeError: Failed to fetch (offline, aborted, CORS)
-        raise _Retryable(f"could not fetch {url}: {e}") from e
-    status = int(resp.status)
-    ctype = str(resp.headers.get("content-type") or "")
-    if status != 200:
-        return status, ctype, None
-    clen = resp.headers.get("content-length")
-    encoded = resp.headers.get("content-encoding")
-    total = int(clen) if clen and not encoded else (expected or 0)
-    chunks = js.Array.new()
-    loaded = 0
-    body = resp.body
-    if body is not None and str(body) not in ("null", "undefined"):
-        reader = body.getReader()
-        while True:
-            try:
-                r = await reader.read()
-            except Exception as e:
-                raise _Retryable(f"download of {url} broke off after {loaded} bytes: {e}") from e
-            if r.done:
-                break
-            chunks.push(r.value)
-            loaded += int(r.value.length)
-            await on_progress(loaded, max(total, loaded))
-    if clen and not encoded and loaded < int(clen):
-        raise _Retryable(f"download of {url} broke off after {loaded} of {clen} bytes")
-    out = js.Uint8Array.new(loaded)
-    offset = 0
-    for i in range(int(chunks.length)):
-        c = chunks[i]
-        out.set(c, offset)
-        offset += int(c.length)
-    return status, ctype, out
-
-
-async def _read_local(path: Path):
-    try:
-        return await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        return None
-
-
 # ----------------------------------------------------------------------------------------------- stores
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("WEBFORMERS_CACHE") or Path.home() / ".cache" / "webformers" / "hub")
-
-
-class _DirStore:
-    """CPython cache: one data file + one metadata file per URL, written atomically."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def _paths(self, url: str):
-        key = hashlib.sha256(url.encode()).hexdigest()
-        return self.root / "data" / key, self.root / "meta" / (key + ".json")
-
-    async def get(self, url: str):
-        data_p, meta_p = self._paths(url)
-        if not (data_p.exists() and meta_p.exists()):
-            return None
-        try:
-            return await asyncio.to_thread(data_p.read_bytes)
-        except OSError:
-            return None
-
-    async def put(self, url: str, data, meta: dict) -> None:
-        data_p, meta_p = self._paths(url)
-        try:
-            for p, payload in ((data_p, bytes(data)),
-                               (meta_p, json.dumps({**meta, "url": url, "size": len(data)}).encode())):
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tmp = p.with_name(f".{p.name}.{os.getpid()}.{id(payload)}.tmp")
-                await asyncio.to_thread(tmp.write_bytes, payload)
-                os.replace(tmp, p)
-        except OSError as e:
-            import errno
-            for p in (data_p, meta_p):
-                p.unlink(missing_ok=True)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _QuotaError(str(e)) from e
-            raise
-
-    async def delete(self, url: str) -> int:
-        data_p, meta_p = self._paths(url)
-        size = data_p.stat().st_size if data_p.exists() else 0
-        data_p.unlink(missing_ok=True)
-        meta_p.unlink(missing_ok=True)
-        return size
-
-    async def entries(self) -> list[dict]:
-        out = []
-        meta_dir = self.root / "meta"
-        if not meta_dir.is_dir():
-            return out
-        for p in sorted(meta_dir.glob("*.json")):
-            try:
-                meta = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            data_p = self.root / "data" / p.name[: -len(".json")]
-            if data_p.exists():
-                meta["size"] = data_p.stat().st_size
-                out.append(meta)
-        return out
-
-    async def usage(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0
-
-
-class _CacheApiStore:  # pragma: no cover - browser only
-    """Browser cache: the Cache API, keyed by URL; metadata in a response header."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    async def get(self, url: str):
-        resp = await self.cache.match(url)
-        if _nullish(resp):
-            return None
-        buf = await resp.arrayBuffer()
-        return js.Uint8Array.new(buf)
-
-    async def put(self, url: str, data, meta: dict) -> None:
-        headers = js.Headers.new()
-        headers.set("content-type", "application/octet-stream")
-        headers.set("content-length", str(_length(data)))
-        headers.set(META_HEADER, json.dumps({**meta, "url": url, "size": _length(data)}))
-        init = js.Object.new()
-        init.headers = headers
-        init.status = 200
-        try:
-            await self.cache.put(url, js.Response.new(data, init))
-        except Exception as e:
-            if "QuotaExceeded" in f"{getattr(e, 'name', '')} {e}":
-                raise _QuotaError(str(e)) from e
-            raise
-
-    async def delete(self, url: str) -> int:
-        resp = await self.cache.match(url)
-        size = 0
-        if not _nullish(resp):
-            meta = _meta_of(resp)
-            size = int(meta.get("size", 0)) if meta else 0
-        await self.cache.delete(url)
-        return size
-
-    async def entries(self) -> list[dict]:
-        out = []
-        for req in await self.cache.keys():
-            resp = await self.cache.match(req)
-            if _nullish(resp):
-                continue
-            meta = _meta_of(resp)
-            if meta is not None:
-                meta["url"] = str(req.url)
-                out.append(meta)
-        return out
-
-    async def usage(self) -> int:
-        return sum(int(e.get("size", 0)) for e in await self.entries())
-
-
-def _nullish(x) -> bool:
-    return x is None or type(x).__name__ in ("JsNull", "JsUndefined") or str(x) in ("null", "undefined")
-
-
-def _meta_of(resp) -> dict | None:  # pragma: no cover
-    raw = resp.headers.get(META_HEADER)
-    if _nullish(raw):
-        return None
-    try:
-        return json.loads(str(raw))
-    except ValueError:
-        return None
-
-
-_browser_store = None
-
 
 async def _get_store():
     """(store or None, reason it is unavailable)."""
-    global _browser_store
-    if not IN_BROWSER:
-        return _DirStore(cache_dir()), None
-    if _browser_store is not None:  # pragma: no cover
-        return _browser_store, None
-    try:  # pragma: no cover
-        caches = getattr(js, "caches", None)
-        if caches is None or _nullish(caches):
-            return None, "the Cache API is not available here (no 'caches' global)"
-        _browser_store = _CacheApiStore(await caches.open(CACHE_NAME))
-        return _browser_store, None
-    except Exception as e:  # pragma: no cover - e.g. SecurityError on an opaque origin
-        return None, f"the Cache API is not usable here ({e})"
+    return await platform.open_store(CACHE_NAME)
 
 
 # ------------------------------------------------------------------------------------------ the repo
@@ -492,9 +190,9 @@ class ModelRepo:
         if not model or not isinstance(model, str):
             raise ValueError(f"model must be a repo name like 'org/name', got {model!r}")
         if host is None:
-            host = default_host(model)
+            host = default_host()
             if host is None:
-                if not IN_BROWSER and Path(model).is_dir():
+                if Path(model).is_dir():
                     model_path = Path(model).resolve()
                     host, model = str(model_path.parent), model_path.name
                 else:
@@ -527,8 +225,8 @@ class ModelRepo:
     @property
     def cache_name(self) -> str | None:
         """The browser Cache API cache that holds this repo's files (None off the browser or uncached)."""
-        if self.use_cache and isinstance(self._store, _CacheApiStore) and _is_http(self.url(MANIFEST_PATH)):
-            return CACHE_NAME
+        if self.use_cache and self._store is not None and _is_http(self.url(MANIFEST_PATH)):
+            return self._store.cache_name
         return None
 
     def __repr__(self) -> str:
@@ -543,7 +241,7 @@ class ModelRepo:
             raise ValueError(f"{self.model}: {path} is not valid JSON: {e}") from e
 
     async def text(self, path: str, *, events: _Events | None = None) -> str:
-        return _decode(await self.file(path, events=events))
+        return platform.decode_text(await self.file(path, events=events))
 
     async def optional_json(self, path: str) -> dict | None:
         """A JSON file the manifest does not list (e.g. ``quantization_report.json``), or None if absent."""
@@ -638,8 +336,8 @@ class ModelRepo:
         last = None
         for attempt in range(1, RETRIES + 1):
             try:
-                status, ctype, data = await _http_get(url, on_progress, size)
-            except _Retryable as e:
+                status, ctype, data = await platform.fetch_bytes(url, on_progress, size)
+            except RetryableError as e:
                 last = e
                 if attempt < RETRIES:
                     await events.warning(f"{e}; retrying ({attempt}/{RETRIES - 1})", path)
@@ -648,7 +346,7 @@ class ModelRepo:
             if status in (401, 403, 404, 410):
                 raise FileNotFoundError(f"{self.model}: {path} is not available at {url} (HTTP {status})")
             if status != 200:
-                last = _Retryable(f"{url} answered HTTP {status}")
+                last = RetryableError(f"{url} answered HTTP {status}")
                 if attempt < RETRIES:
                     await events.warning(f"{last}; retrying ({attempt}/{RETRIES - 1})", path)
                     await asyncio.sleep(0.1 * attempt)
@@ -665,7 +363,7 @@ class ModelRepo:
                         "module": entry.get("module"), "dtype": entry.get("dtype"), "sha256": entry["sha256"]}
                 try:
                     await store.put(url, data, meta)
-                except _QuotaError as e:
+                except QuotaError as e:
                     msg = f"storage quota exceeded (QuotaExceededError: {e}): {path} is used without caching"
                     self.warnings.append(msg)
                     await events.warning(msg, path)
@@ -679,7 +377,7 @@ class ModelRepo:
 
     async def _load_local(self, path: str, url: str, entry: dict, events: _Events):
         size = entry["size"]
-        data = await _read_local(_local_path(url))
+        data = await platform.read_file(_local_path(url))
         if data is None:
             raise FileNotFoundError(f"{self.model}: {path} is missing: {url}")
         problem = await _verify(data, entry)
@@ -693,22 +391,22 @@ class ModelRepo:
 async def _fetch_network_first(url: str, store, events: _Events, meta: dict, what: str, required: bool):
     """(text, note): the network copy (cached on success) or, when the network fails, the cached copy."""
     if not _is_http(url):
-        data = await _read_local(_local_path(url))
+        data = await platform.read_file(_local_path(url))
         if data is None:
             if required:
                 raise FileNotFoundError(f"{what} is missing: {url}")
             return None, None
-        return _decode(data), None
+        return platform.decode_text(data), None
     failure = None
     for attempt in range(1, RETRIES + 1):
         try:
-            status, ctype, data = await _http_get(url, _noop_progress, None, no_cache=True)
-        except _Retryable as e:
+            status, ctype, data = await platform.fetch_bytes(url, _noop_progress, None, no_cache=True)
+        except RetryableError as e:
             failure = str(e)
             await asyncio.sleep(0.05 * attempt)
             continue
         if status == 200:
-            text = _decode(data)
+            text = platform.decode_text(data)
             if _looks_html(data, ctype):
                 failure = f"{url} answered with an HTML page, not JSON (wrong host or URL template?)"
                 break
@@ -734,7 +432,7 @@ async def _fetch_network_first(url: str, store, events: _Events, meta: dict, wha
         if cached is not None:
             note = f"{what}: using the cached copy ({failure})"
             await events.warning(note, meta["file"])
-            return _decode(cached), note
+            return platform.decode_text(cached), note
     if not required and failure and ("HTTP 404" in failure or "HTTP 410" in failure):
         return None, None
     if failure and "HTTP 4" in failure:
@@ -807,33 +505,14 @@ async def delete_cached(model: str, dtype: str | None = None, module: str | None
 
 
 async def storage_estimate() -> dict:
-    """``{"usage", "quota", "persisted", "cache_bytes"}`` (browser: ``navigator.storage``)."""
+    """``{"usage", "quota", "persisted", "cache_bytes"}`` (browser: ``navigator.storage``; CPython: the cache
+    directory's bytes and the disk's free space)."""
     store, _ = await _get_store()
     cache_bytes = await store.usage() if store is not None else 0
-    if IN_BROWSER:  # pragma: no cover
-        storage = getattr(js.navigator, "storage", None)
-        if storage is None or _nullish(storage):
-            return {"usage": None, "quota": None, "persisted": False, "cache_bytes": cache_bytes}
-        est = await storage.estimate()
-        persisted = bool(await storage.persisted()) if hasattr(storage, "persisted") else False
-        return {"usage": int(est.usage), "quota": int(est.quota), "persisted": persisted,
-                "cache_bytes": cache_bytes}
-    root = cache_dir()
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    return {"usage": cache_bytes, "quota": cache_bytes + free, "persisted": True, "cache_bytes": cache_bytes}
+    return {**await platform.estimate_storage(cache_bytes), "cache_bytes": cache_bytes}
 
 
 async def request_persistence() -> bool:
     """Ask the browser to keep the cache under storage pressure (``navigator.storage.persist``). In a worker,
     where ``persist`` does not exist, this reports ``persisted()`` - the page must ask. CPython: True."""
-    if not IN_BROWSER:
-        return True
-    storage = getattr(js.navigator, "storage", None)  # pragma: no cover
-    if storage is None or _nullish(storage):  # pragma: no cover
-        return False
-    if hasattr(storage, "persist"):  # pragma: no cover
-        return bool(await storage.persist())
-    return bool(await storage.persisted()) if hasattr(storage, "persisted") else False  # pragma: no cover
+    return await platform.persist_storage()

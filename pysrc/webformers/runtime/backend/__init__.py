@@ -25,9 +25,8 @@ entry)`` records how a session was made so the next page can create it while Pyo
 from __future__ import annotations
 
 import json
-import sys
 
-IN_BROWSER = sys.platform == "emscripten"
+from ...platform import IN_BROWSER
 
 if IN_BROWSER:
     from ._ortweb import (Session, adapter_info, adopt_session, backend_name, create_session, drop_warm_sessions,
@@ -44,5 +43,5 @@ def session_key(files: list[dict], device: str, keep_on_device=None) -> str:
                        "keep": None if keep_on_device is None else sorted(keep_on_device)}, sort_keys=True)
 
 
-__all__ = ["IN_BROWSER", "Session", "adapter_info", "adopt_session", "backend_name", "create_session",
+__all__ = ["Session", "adapter_info", "adopt_session", "backend_name", "create_session",
            "drop_warm_sessions", "release", "remember_warm_start", "session_key"]
