@@ -112,7 +112,7 @@ def test_tied_embedding_is_stored_once(tiny):
 
 def test_block_quantizers_keep_gguf_grids():
     """Weights already on a GGUF Q4_1 / Q8_0 grid come back on the same grid (no second rounding)."""
-    from webformers.toolchain.quantize import _code8, _quantize_blockwise, _quantize_sym8
+    from webformers.toolchain.quantize.nbits import code8, quantize_blockwise, quantize_sym8
 
     rng = np.random.default_rng(3)
     n, k = 64, 128
@@ -121,20 +121,20 @@ def test_block_quantizers_keep_gguf_grids():
     q = rng.integers(0, 16, (n, k // 32, 32))
     q[..., 0], q[..., 1] = 0, 15  # Q4_1 blocks span their grid
     w41 = (q * d[..., None] + mn[..., None]).reshape(n, k).astype(np.float32)
-    packed, scale, zp, deq = _quantize_blockwise(w41, 4, float_zero_points=True)
+    packed, scale, zp, deq = quantize_blockwise(w41, 4, float_zero_points=True)
     np.testing.assert_allclose(deq, w41, rtol=0, atol=1e-6)
     assert packed.shape == (n, k // 32, 16) and zp.dtype == np.float32
     # integer zero points must contain 0 in the range: the grid moves (what the exact path avoids)
-    _, _, _, deq_int = _quantize_blockwise(w41, 4)
+    _, _, _, deq_int = quantize_blockwise(w41, 4)
     assert np.abs(deq_int - w41).max() > 1e-3
     # 8-bit codes of log-scales: relative scale error <= half a code step
-    codes, lo, step = _code8(np.log(scale))
+    codes, lo, step = code8(np.log(scale))
     assert np.abs(np.exp(lo + codes * step) / scale - 1).max() <= np.expm1(step / 2) + 1e-6
     d8 = (rng.random((n, k // 32)) * 0.01 + 1e-3).astype(np.float16)
     q8 = rng.integers(-127, 128, (n, k // 32, 32))
     q8[..., 0] = 127
     w80 = (q8 * d8.astype(np.float32)[..., None]).reshape(n, k)
-    codes8, scales8 = _quantize_sym8(w80)
+    codes8, scales8 = quantize_sym8(w80)
     back = ((codes8.astype(np.float32) - 128) * scales8.astype(np.float32)[..., None]).reshape(n, k)
     np.testing.assert_allclose(back, w80, rtol=0, atol=1e-7)
 

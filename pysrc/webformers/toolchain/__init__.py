@@ -1,9 +1,16 @@
-"""The desktop model toolchain: convert (HF dir / GGUF → ONNX with KV cache), quantize (every dtype of
-``webformers.dtypes`` the toolchain builds), manifest, measured quality report and chart.
+"""The desktop model toolchain (CPython, torch/transformers/onnx): it owns turning a model into a
+webformers repo and measuring it. The runtime never imports it.
+
+- ``convert``: a Hugging Face dir or GGUF file → fp32 ONNX decoder with KV cache (``export``) → every dtype
+  the toolchain builds (``quantize/``, one module per method) → manifest → quality report and chart
+  (``evaluate``, with its own reference decoding loop);
+- ``demo`` / ``whisper/``: the demo models (tiny random Llama, SmolLM2, Whisper tiny.en), built once into
+  the content-keyed cache of ``buildcache``.
 
 Public API (imports are lazy: torch/transformers load only when used)::
 
     convert(src, out, *, dtypes=SUPPORTED, external_data=False, report=True) -> dict
+    make_variant(fp32_model, dtype) -> onnx.ModelProto
     build_demo_models(out_root, which=("tiny", "smollm2")) -> {name: Path}
     reference_greedy(repo_dir, dtype, prompt_ids, n, eos_token_id=None) -> list[int]
     evaluate_repo(repo_dir, dtypes, ...) -> report dict;  format_table(report) -> str

@@ -7,6 +7,10 @@ Per variant: file bytes, ratio to fp32, effective bits per weight (bytes * 8 / f
 mean KL(fp32 || variant) of the next-token distributions over the held-out windows, top-1 agreement,
 perplexity of the held-out text, and greedy-continuation agreement (fraction of positions where the
 variant's greedy tokens equal fp32's, over a fixed prompt set).
+
+:class:`Decoder` has its own KV-cache loop on a plain onnxruntime session, deliberately independent of
+the runtime's (``webformers.generation``): ``reference_greedy`` is the reference the runtime's output is
+tested against, so it must not share the code under test.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def held_out_text(max_chars: int = 200_000) -> str:
 
 
 class Decoder:
-    """A CPython onnxruntime session of one variant with a KV-cache loop."""
+    """A CPython onnxruntime session of one variant with its own KV-cache loop (see the module docstring)."""
 
     def __init__(self, path, threads: int | None = None):
         import onnxruntime as ort

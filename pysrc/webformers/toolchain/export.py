@@ -102,7 +102,7 @@ def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
     _rename_dims(m, n_layers)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     lm_head = None if tied else model.lm_head.weight.detach().float().numpy()
-    _append_lm_head(m, cfg, lm_head)
+    append_lm_head(m, cfg, lm_head)
     return save_model(m, out_path, external_data=external_data)
 
 
@@ -149,7 +149,7 @@ def _embedding_initializer(m, vocab: int, hidden: int) -> str:
     raise RuntimeError("exported graph has no [vocab, hidden] embedding Gather on input_ids")
 
 
-def _append_lm_head(m, cfg, lm_head_weight=None):
+def append_lm_head(m, cfg, lm_head_weight=None):
     """Add ``num_logits_to_keep`` and the lm_head (on the tied embedding, or a separate weight)."""
     from onnx import TensorProto, helper, numpy_helper
 

