@@ -35,8 +35,8 @@ import json
 import numpy as np
 import js
 from pyodide.code import run_js
-from webformers.store import repo as hub
-from webformers.store.repo import ModelRepo
+from webformers import store as hub
+from webformers.store import ModelRepo
 from webformers.runtime.load import load_sessions
 from webformers.platform import sha256_hex
 HOST = {host!r}

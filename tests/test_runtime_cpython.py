@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from make_fixture_repo import make_repo, reference  # noqa: E402
 from conftest import run_async
-from webformers.store import repo as hub
+from webformers import store as hub
 from webformers.runtime import load as loading# noqa: E402
 from webformers.dtypes import DTYPES, onnx_file  # noqa: E402
 from webformers.platform import DirStore, QuotaError  # noqa: E402
-from webformers.store.repo import IntegrityError, ModelRepo  # noqa: E402
+from webformers.store.fetch import in_flight  # noqa: E402
+from webformers.store import IntegrityError, ModelRepo  # noqa: E402
 from webformers.runtime.load import load_sessions, onnx_output_names, select_dtypes  # noqa: E402
 
 MODEL = "test-org/tiny2"
@@ -668,7 +669,7 @@ def test_cancelled_download_does_not_cancel_the_joined_request(server):
         assert first.cancelled()
         assert hashlib.sha256(data).hexdigest() == repo.manifest.entry(path)["sha256"]
         assert server.files()[path] == 2  # the second one had to download it itself
-        assert not hub._inflight
+        assert not in_flight()
     run(go())
 
 

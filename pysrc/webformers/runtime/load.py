@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from . import backend
 from .. import platform
 from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
-from ..store.repo import REPORT_PATH, ModelRepo, _Events
+from ..store import REPORT_PATH, LoadEvents, ModelRepo
 
 __all__ = ["Loaded", "Plan", "load_sessions", "select_dtypes", "default_dtype", "onnx_output_names",
            "ADAPTER_OVERRIDE"]
@@ -382,7 +382,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
                              f"loading: {', '.join(plan.dtypes)}")
     all_files = [f for fs in plan.files.values() for f in fs]
     sizes = {f: repo.manifest.entry(f)["size"] for f in all_files}
-    events = _Events(repo.model, [repo.progress_callback, progress_callback], sizes)
+    events = LoadEvents(repo.model, [repo.progress_callback, progress_callback], sizes)
     warnings = list(repo.warnings)
     for w in plan.warnings:
         warnings.append(w)

@@ -1,5 +1,26 @@
 """The model store: a model repo's files fetched, verified against its manifest and cached.
 
-``repo`` (``ModelRepo``: open, verify every read, heal, one download per URL), ``manifest`` (the
-``onnx/manifest.json`` format).
+- ``repo``: ``ModelRepo`` (open a repo, verify every read, heal a bad cached copy, one download per URL);
+- ``fetch``: getting bytes from the network - bounded retries (``RETRIES``), network-first JSON files,
+  shared in-flight downloads;
+- ``cache``: where files are kept (``CACHE_NAME``, ``cache_dir``) and managing them (``cached_models``,
+  ``delete_cached``, ``storage_estimate``, ``request_persistence``);
+- ``urls``: where files are (``resolve_url``, ``default_host``);
+- ``integrity``: is a file the one the manifest describes (``IntegrityError``);
+- ``events``: progress and warning events (``LoadEvents``, ``EVENT_KEYS``);
+- ``manifest``: the ``onnx/manifest.json`` format (``Manifest``, ``MANIFEST_PATH``, ``REPORT_PATH``).
+
+The platform layer (``webformers.platform``) provides the transports, stores and byte helpers.
 """
+from .cache import (CACHE_NAME, cache_dir, cached_models, delete_cached, request_persistence,
+                    storage_estimate)
+from .events import EVENT_KEYS, LoadEvents
+from .fetch import RETRIES
+from .integrity import IntegrityError
+from .manifest import MANIFEST_PATH, REPORT_PATH, Manifest
+from .repo import ModelRepo
+from .urls import default_host, resolve_url
+
+__all__ = ["ModelRepo", "IntegrityError", "cached_models", "delete_cached", "storage_estimate",
+           "request_persistence", "resolve_url", "default_host", "cache_dir", "CACHE_NAME", "RETRIES",
+           "REPORT_PATH", "MANIFEST_PATH", "Manifest", "LoadEvents", "EVENT_KEYS"]

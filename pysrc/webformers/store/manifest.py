@@ -21,6 +21,8 @@ from pathlib import Path
 from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, dtype_of_file
 
 MANIFEST_PATH = "onnx/manifest.json"
+#: the quantization report's place in a repo (the manifest does not list it: it is written after)
+REPORT_PATH = "quantization_report.json"
 FORMAT = "webformers-manifest/1"
 
 
