@@ -32,7 +32,9 @@ from webformers.dtypes import DTYPES, onnx_file  # noqa: E402
 from webformers.platform import DirStore, QuotaError  # noqa: E402
 from webformers.store.fetch import in_flight  # noqa: E402
 from webformers.store import IntegrityError, ModelRepo  # noqa: E402
-from webformers.runtime.load import load_sessions, onnx_output_names, select_dtypes  # noqa: E402
+from webformers.runtime.load import load_sessions  # noqa: E402
+from webformers.runtime.onnx_info import onnx_output_names  # noqa: E402
+from webformers.runtime.plan import quality_key, select_dtypes  # noqa: E402
 
 MODEL = "test-org/tiny2"
 NO_F16 = {"webgpu": True, "features": ["timestamp-query"], "isFallbackAdapter": True}
@@ -700,7 +702,7 @@ def test_auto_ranks_by_wer_when_the_report_measures_wer_not_kl(repo_dir):
     assert b[enc, "q4"] + b[dec, "fp16"] > budget and b[enc, "fp16"] + b[dec, "q8"] <= budget
     assert sel(wer, max_bytes=budget) == {enc: "q4", dec: "q8"}  # 0.12 + 0.20 beats fp16 + q8 (0.34)
     # the unmeasured q4f16 (wer None) ranks after every measured decoder dtype
-    keys = {d: loading._quality_key(wer, dec, d) for d in man.modules[dec]}
+    keys = {d: quality_key(wer, dec, d) for d in man.modules[dec]}
     assert keys["q4f16"] > max(k for d, k in keys.items() if d != "q4f16")
     # KL, when present, still decides (the WER next to it is ignored)
     both = json.loads(json.dumps(wer))
