@@ -25,7 +25,7 @@ from ..runtime import backend
 from .. import store as hub
 from ..dtypes import DEVICES, DTYPES, check_device, get_dtype
 from ..store import REPORT_PATH, ModelRepo
-from ..runtime.load import check_dtype_arg
+from ..runtime.plan import check_dtype_arg
 from ..platform import emit_page_event, reset_stop, stop_requested
 
 __all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
