@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tokenizer_fixtures as fx  # noqa: E402
 
 from webformers.text.chat_template import ChatTemplateError, render_chat_template, select_chat_template  # noqa: E402
-from webformers.text.tokenizers import Tokenizer  # noqa: E402
+from webformers.text.tokenizer import Tokenizer  # noqa: E402
 
 TOOLS = [{
     "type": "function",
@@ -214,7 +214,7 @@ def test_pure_wheels_render_chat_in_clean_interpreter(tmp_path, tokenizers_pair,
     code = (
         "import importlib.util, json, sys\n"
         "sys.path[:0] = json.loads(sys.argv[1])\n"
-        "from webformers.text.tokenizers import Tokenizer\n"
+        "from webformers.text.tokenizer import Tokenizer\n"
         "tok = Tokenizer.from_directory(sys.argv[2])\n"
         "conv = json.loads(sys.argv[3])\n"
         "text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import types
 
 import numpy as np
 import pytest
@@ -17,11 +16,14 @@ from conftest import run_async
 from webformers.generation import (
     GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
     NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-    SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TextIteratorStreamer, TextStreamer,
-    TopKLogitsWarper, TopPLogitsWarper, build_logits_processor, sample_next_token, softmax,
+    SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper,
+    TextIteratorStreamer, TextStreamer, TopKLogitsWarper, TopPLogitsWarper, build_logits_processor,
+    sample_next_token,
 )
-from webformers.generation.streamers import IncrementalDecoder
-from webformers.generation.loop import ContextLengthError, GenerationMixin, trim_stop_strings
+from webformers.generation.loop import ContextLengthError
+from webformers.generation.stopping import StopStrings
+from webformers.text.causal_lm import CausalLM
+from webformers.text.tokenizer import TokenStreamDecoder
 
 NEG = -np.inf
 
@@ -92,6 +94,17 @@ def test_bad_words():
 def test_suppress_tokens():
     out = SuppressTokensLogitsProcessor([0, 2])(np.array([[1]]), np.array([[1.0, 1.0, 1.0]]))
     assert out.tolist() == [[NEG, 1.0, NEG]]
+
+
+def test_suppress_tokens_at_begin_only_for_the_first_new_token():
+    p = SuppressTokensAtBeginLogitsProcessor([0, 2, 99], begin_index=3)
+    sc = np.ones((1, 3))
+    assert p(np.zeros((1, 3), np.int64), sc).tolist() == [[NEG, 1.0, NEG]]
+    assert p(np.zeros((1, 4), np.int64), sc).tolist() == [[1.0, 1.0, 1.0]]
+    names = [type(q).__name__ for q in build_logits_processor(GenerationConfig(begin_suppress_tokens=[5]), 7)]
+    assert names == ["SuppressTokensAtBeginLogitsProcessor"]
+    with pytest.raises(ValueError, match="begin_suppress_tokens"):
+        GenerationConfig(begin_suppress_tokens=[-1]).validate()
 
 
 def test_min_new_tokens():
@@ -291,7 +304,7 @@ class FakeBackend:
         self.released.append(id(v))
 
 
-class FakeLM(GenerationMixin):
+class FakeLM(CausalLM):
     def __init__(self, session=None, max_pos=64, **gen):
         self.session = session or NumpyDecoder(max_pos=max_pos)
         self.backend = FakeBackend()
@@ -388,7 +401,7 @@ def test_stop_strings_end_generation_and_are_trimmed():
     assert lm2.last_generation_stats["stop_reason"] == "stop_string"
     assert TOK.decode(out).find(stop) == first and TOK.decode(out).endswith(stop)
     assert "".join(pieces) == text[:first]
-    assert trim_stop_strings(TOK.decode(out), [stop]) == text[:first]
+    assert StopStrings([stop]).trim(TOK.decode(out)) == text[:first]
 
 
 def test_too_long_prompt_errors_before_compute():
@@ -455,6 +468,48 @@ def test_max_time():
     assert len(out) == len(PROMPT) + 1 and lm.last_generation_stats["stop_reason"] == "max_time"
 
 
+def test_begin_suppress_tokens_inside_generate():
+    free = gen(FakeLM(), max_new_tokens=10)[len(PROMPT):]
+    out = gen(FakeLM(), max_new_tokens=10, begin_suppress_tokens=[free[0]])[len(PROMPT):]
+    assert out[0] != free[0]
+    # later steps are not suppressed: the same token generated freely from that prefix appears
+    lm = FakeLM()
+    prefix = PROMPT + [free[0]]
+    assert gen(lm, prompt=prefix, max_new_tokens=3, begin_suppress_tokens=[free[1]])[len(prefix)] != free[1]
+    assert gen(FakeLM(), prompt=prefix, max_new_tokens=3)[len(prefix)] == free[1]
+
+
+def test_max_new_tokens_zero_returns_the_prompt_without_running():
+    lm = FakeLM()
+    events = []
+
+    class Rec:
+        def put(self, ids):
+            events.append(np.asarray(ids).reshape(-1).tolist())
+
+        def end(self):
+            events.append("end")
+
+    assert gen(lm, max_new_tokens=0, streamer=Rec()) == PROMPT
+    assert lm.session.calls == [] and events == [PROMPT, "end"]
+    assert lm.last_generation_stats["stop_reason"] == "max_new_tokens"
+    assert lm.last_generation_stats["new_tokens"] == 0
+
+
+def test_stop_strings_matcher():
+    stops = StopStrings(["STOP", "xy"])
+    assert stops.find("a xy STOP") == 2 and stops.find("a xy STOP", 3) == 5 and stops.find("abc") == -1
+    assert stops.trim("abc STOP def xy") == "abc " and stops.trim("abc") == "abc"
+    assert stops.safe_prefix("abc ST") == (4, False)  # "ST" may become "STOP": held back
+    assert stops.safe_prefix("abc x") == (4, False)
+    assert stops.safe_prefix("abc STOP def") == (4, True)
+    assert stops.safe_prefix("abc") == (3, False)
+    assert not StopStrings(None) and StopStrings(None).trim("a STOP") == "a STOP"
+    assert StopStrings("STOP").strings == ["STOP"] and StopStrings("STOP").longest == 4
+    with pytest.raises(ValueError, match="non-empty strings"):
+        StopStrings(["ok", ""])
+
+
 def test_generate_unknown_kwarg():
     with pytest.raises(TypeError, match="valid generation arguments"):
         gen(FakeLM(), max_len=3)
@@ -465,8 +520,8 @@ def test_generate_unknown_kwarg():
 # =============================================================================================
 def test_incremental_decoder_never_breaks_utf8():
     text = "héllo 😀 日本 ok"
-    dec = IncrementalDecoder(TOK)
-    pieces = [dec.step(b) for b in text.encode("utf-8")]
+    dec = TokenStreamDecoder(TOK)
+    pieces = [dec.put(b) for b in text.encode("utf-8")]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert pieces[len("h")] == ""  # first byte of "é" waits for the second
@@ -524,7 +579,7 @@ def test_text_iterator_streamer():
 # pipeline over the fake model
 # =============================================================================================
 def test_pipeline_shapes():
-    from webformers.pipelines import TextGenerationPipeline
+    from webformers.text.pipeline import TextGenerationPipeline
     lm = FakeLM()
     pipe = TextGenerationPipeline(lm, TOK)
     r = run(pipe("Hello", max_new_tokens=5))
@@ -598,14 +653,14 @@ def test_tiny_llama_cache_vs_recompute_vs_reference(tiny_repo):
 def _tiny_tokenizer(repo_dir):
     import json
 
-    from webformers.text.tokenizers import Tokenizer
+    from webformers.text.tokenizer import Tokenizer
     cfg = repo_dir / "tokenizer_config.json"
     return Tokenizer.from_json((repo_dir / "tokenizer.json").read_text(),
                                json.loads(cfg.read_text()) if cfg.exists() else {})
 
 
 def test_tiny_llama_streaming_and_stop_strings_with_real_tokenizer(tiny_repo):
-    from webformers.pipelines import TextGenerationPipeline
+    from webformers.text.pipeline import TextGenerationPipeline
     tok = _tiny_tokenizer(tiny_repo)
     # the tokenizer's incremental decoder: multi-byte characters split over byte tokens
     text = "Héllo wörld 😀 日本語 done"
@@ -658,7 +713,8 @@ def test_pipeline_failure_while_loading_concurrently_frees_the_model(tiny_repo, 
 
 def test_from_pretrained_and_pipeline_through_the_store(tiny_repo):
     """AutoModelForCausalLM / AutoTokenizer / pipeline via ModelRepo (a local directory host)."""
-    from webformers.text.causal_lm import AutoModelForCausalLM, AutoTokenizer
+    from webformers.text.causal_lm import AutoModelForCausalLM
+    from webformers.text.tokenizer import AutoTokenizer
     from webformers.pipelines import pipeline
     from webformers.toolchain import reference_greedy
     host = str(tiny_repo.parent.parent)

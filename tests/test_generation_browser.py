@@ -29,7 +29,7 @@ def page_with_models(server, wf_page, models_root):
 
 
 def _prompt(models_root):
-    from webformers.text.tokenizers import Tokenizer
+    from webformers.text.tokenizer import Tokenizer
     repo = models_root / MODEL
     tok_cfg = repo / "tokenizer_config.json"
     tok = Tokenizer.from_json((repo / "tokenizer.json").read_text(),
@@ -85,7 +85,7 @@ def test_streaming_and_cancel_in_page(page_with_models):
     page, host = page_with_models
     res = run_py(page, _load(host) + """
 from webformers import pipeline, TextIteratorStreamer
-from webformers.pipelines import TextGenerationPipeline
+from webformers.text.pipeline import TextGenerationPipeline
 pipe = TextGenerationPipeline(model, tok)
 # 1. callback_function pieces arrive during generation and make up the returned continuation
 pieces, runs_at_piece = [], []

@@ -16,8 +16,8 @@ import tokenizer_fixtures as fx  # noqa: E402
 
 hf_tokenizers = pytest.importorskip("tokenizers")
 
-from webformers.text.tokenizers import (  # noqa: E402
-    Tokenizer, TokenizerError, TokenStreamDecoder, _category_ranges, _property_ranges, clean_up_tokenization,
+from webformers.text.tokenizer import (  # noqa: E402
+    Tokenizer, TokenizerError, TokenStreamDecoder, category_ranges, property_ranges, clean_up_tokenization,
     translate_regex,
 )
 
@@ -151,7 +151,7 @@ def test_pre_tokenizer_regex_patterns_vs_hf():
     """The translated Llama-3 / Qwen / GPT-2 split regexes cut text exactly like oniguruma does."""
     from tokenizers import Regex, pre_tokenizers
 
-    from webformers.text.tokenizers import GPT2_PATTERN, build_pre_tokenizer
+    from webformers.text.tokenizer import GPT2_PATTERN, build_pre_tokenizer
 
     for pattern in (fx.LLAMA3_PATTERN, fx.QWEN2_PATTERN, GPT2_PATTERN):
         spec = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
@@ -182,7 +182,7 @@ def test_pre_tokenizer_regex_patterns_vs_hf():
                                             "use_regex": True}]},
 ])
 def test_pre_tokenizers_vs_hf(spec):
-    from webformers.text.tokenizers import build_pre_tokenizer
+    from webformers.text.tokenizer import build_pre_tokenizer
 
     hf = hf_tokenizers.Tokenizer.from_str(json.dumps({
         "version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": spec,
@@ -205,7 +205,7 @@ def test_pre_tokenizers_vs_hf(spec):
     {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "StripAccents"}, {"type": "Lowercase"}]},
 ])
 def test_normalizers_vs_hf(spec):
-    from webformers.text.tokenizers import build_normalizer
+    from webformers.text.tokenizer import build_normalizer
 
     hf = hf_tokenizers.Tokenizer.from_str(json.dumps({
         "version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}, "normalizer": spec,
@@ -219,8 +219,8 @@ def test_normalizers_vs_hf(spec):
 # ------------------------------------------------------------------------------------- unicode tables
 
 def test_category_table_matches_unicodedata():
-    """The plane shortcuts in _category_ranges agree with a full unicodedata scan."""
-    table = _category_ranges()
+    """The plane shortcuts in category_ranges agree with a full unicodedata scan."""
+    table = category_ranges()
     lookup = {}
     for cat, ranges in table.items():
         for lo, hi in ranges:
@@ -244,7 +244,7 @@ def test_regex_translation_errors_and_classes():
     with pytest.raises(TokenizerError, match="nested or POSIX"):
         translate_regex(r"[[:alpha:]]")
     # \s is Unicode White_Space: U+001C..U+001F are NOT whitespace (Python's str.isspace says they are)
-    ws = dict(_property_ranges("White_Space"))
+    ws = dict(property_ranges("White_Space"))
     assert 0x1C not in ws and 0x3000 in ws
 
 
@@ -422,7 +422,7 @@ base = {json.dumps(server.url + "/fixtures/smollm2_tok/")}
 files = {{}}
 for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
     files[name] = await (await pyfetch(base + name)).string()
-from webformers.text.tokenizers import Tokenizer, TokenStreamDecoder
+from webformers.text.tokenizer import Tokenizer, TokenStreamDecoder
 t0 = time.perf_counter()
 tok = Tokenizer.from_json(files["tokenizer.json"], files["tokenizer_config.json"], files["chat_template.jinja"])
 t_load = time.perf_counter() - t0

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "pipeline": "webformers.pipelines",
-    "AutoTokenizer": "webformers.text.causal_lm",
+    "AutoTokenizer": "webformers.text.tokenizer",
     "AutoModelForCausalLM": "webformers.text.causal_lm",
     "GenerationConfig": "webformers.generation",
     "TextStreamer": "webformers.generation",

@@ -1,131 +1,57 @@
-"""``pipeline("text-generation", model)``: prompt or chat in, Hugging Face-shaped results out.
+"""``pipeline(task, model)``: the task table.
 
     pipe = await pipeline("text-generation", "webformers/tiny-random-llama", dtype="q4")
-    await pipe("Once upon a time", max_new_tokens=20)
-    # [{"generated_text": "Once upon a time ..."}]
-    await pipe([{"role": "user", "content": "Hi"}], max_new_tokens=20)
-    # [{"generated_text": [{"role": "user", ...}, {"role": "assistant", "content": "..."}]}]
+    asr = await pipeline("automatic-speech-recognition", "openai/whisper-tiny.en")
 """
 from __future__ import annotations
 
-import asyncio
+import importlib
 
-from .generation.loop import trim_stop_strings
-from .text.causal_lm import AutoModelForCausalLM, AutoTokenizer, open_repo
+__all__ = ["pipeline", "SUPPORTED_TASKS"]
 
-__all__ = ["pipeline", "TextGenerationPipeline", "SUPPORTED_TASKS"]
+#: task -> (module, class): the pipeline class, imported when the task is first asked for
+SUPPORTED_TASKS = {
+    "text-generation": ("webformers.text.pipeline", "TextGenerationPipeline"),
+    "automatic-speech-recognition": ("webformers.speech.pipeline", "AutomaticSpeechRecognitionPipeline"),
+}
 
-SUPPORTED_TASKS = ("text-generation", "automatic-speech-recognition")
 
+async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: str = "main", host: str | None = None,
+                   progress_callback=None, strict: bool = False, max_bytes: int | None = None):
+    """Load the pipeline for ``task`` (``await`` it).
 
-async def pipeline(task: str, model, *, dtype="auto", device="auto", revision="main", host=None,
-                   progress_callback=None, strict=False, max_bytes=None):
-    """Async factory: ``pipe = await pipeline("text-generation", model, dtype=, device=, ...)``."""
+    Args:
+        task: ``"text-generation"`` (a ``TextGenerationPipeline``: prompt or chat in, text out) or
+            ``"automatic-speech-recognition"`` (an ``AutomaticSpeechRecognitionPipeline``: Whisper, audio in,
+            text out).
+        model: a repo id such as ``"webformers/tiny-random-llama"``, a local repo directory on CPython, or an
+            open ``ModelRepo``.
+        dtype: a dtype name (``"q4"``, ``"fp16"``, ... see ``webformers.DTYPES``), ``"auto"`` (the best
+            quality the device runs natively, within ``max_bytes``), or ``{module: dtype}`` (Whisper:
+            ``{"encoder_model": ..., "decoder_model_merged": ...}``).
+        device: ``"wasm"``, ``"webgpu"`` or ``"auto"`` (WebGPU when an adapter exists).
+        revision: the repo revision.
+        host: where repos live: an http(s) URL prefix, a URL template with ``{model}``, ``{revision}`` and
+            ``{file}``, or a local directory (default: ``WEBFORMERS_HOST`` / the page's origin).
+        progress_callback: receives the store's download / cache events (``status``, ``file``, ...).
+        strict: raise instead of falling back (a dtype the device cannot run natively, WebGPU without an
+            adapter).
+        max_bytes: the download budget for ``dtype="auto"``.
+
+    Returns:
+        The task's pipeline, ready to call (``await pipe(inputs, ...)``); ``pipe.dispose()`` frees its sessions.
+
+    Raises:
+        ValueError: an unknown task (the message lists the supported ones), no model, or what loading the
+            model raises (repo not found, a file failing its sha256 check, an unknown or missing dtype /
+            device, a fallback with ``strict=True``, a repo without the task's modules).
+        TokenizerError: the repo's tokenizer.json is invalid or unsupported.
+    """
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown pipeline task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}")
     if model is None:
         raise ValueError("pipeline needs a model: a repo id like 'webformers/tiny-random-llama'")
-    if task == "automatic-speech-recognition":  # Whisper: webformers.speech.whisper (two modules, per-module dtypes)
-        from .speech.whisper import AutomaticSpeechRecognitionPipeline
-        return await AutomaticSpeechRecognitionPipeline.from_pretrained(
-            model, dtype=dtype, device=device, revision=revision, host=host,
-            progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)
-    repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
-    # the tokenizer is parsed while the model files are read (both wait on the cache / network)
-    tokenizer, lm = await asyncio.gather(
-        AutoTokenizer.from_pretrained(repo),
-        AutoModelForCausalLM.from_pretrained(repo, dtype=dtype, device=device, progress_callback=progress_callback,
-                                             strict=strict, max_bytes=max_bytes),
-        return_exceptions=True)
-    for failed in (tokenizer, lm):
-        if isinstance(failed, BaseException):
-            if not isinstance(lm, BaseException):
-                lm.dispose()
-            raise failed
-    lm.tokenizer = tokenizer
-    return TextGenerationPipeline(lm, tokenizer)
-
-
-def _is_chat(x) -> bool:
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
-        isinstance(m, dict) and "role" in m for m in x)
-
-
-class TextGenerationPipeline:
-    task = "text-generation"
-
-    def __init__(self, model, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
-
-    async def __call__(self, text_inputs, *, return_full_text: bool = True, streamer=None,
-                       callback_function=None, cancel=None, add_special_tokens: bool | None = None,
-                       tools=None, **generate_kwargs):
-        """Generate for a prompt string, a chat (list of ``{"role", "content"}``), or a list of either.
-
-        Returns ``[{"generated_text": ...}]`` per input (a list of those for a list of inputs). For a
-        prompt, ``generated_text`` is prompt + continuation (continuation only with
-        ``return_full_text=False``); for a chat it is the messages plus the new assistant message
-        (the new text only with ``return_full_text=False``). Stop strings are trimmed from the text.
-        Other kwargs go to ``model.generate`` (``max_new_tokens``, ``do_sample``, ``stop_strings``, ...).
-        """
-        if isinstance(text_inputs, str) or _is_chat(text_inputs):
-            return await self._one(text_inputs, return_full_text, streamer, callback_function, cancel,
-                                   add_special_tokens, tools, generate_kwargs)
-        if isinstance(text_inputs, (list, tuple)) and text_inputs and all(
-                isinstance(x, str) or _is_chat(x) for x in text_inputs):
-            return [await self._one(x, return_full_text, streamer, callback_function, cancel,
-                                    add_special_tokens, tools, generate_kwargs) for x in text_inputs]
-        raise TypeError("text-generation input must be a string, a chat (a list of {'role': ..., "
-                        "'content': ...} dicts), or a non-empty list of those; got "
-                        f"{type(text_inputs).__name__}")
-
-    def _encode(self, inputs, add_special_tokens, tools) -> list[int]:
-        tok = self.tokenizer
-        if isinstance(inputs, str):
-            if tools is not None:
-                raise ValueError("tools= applies to chat input (a list of messages), not to a plain prompt")
-            kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-            return _to_list(tok.encode(inputs, **kw))
-        messages = [dict(m) for m in inputs]
-        kw = {"add_generation_prompt": True}
-        if tools is not None:
-            kw["tools"] = tools
-        rendered = tok.apply_chat_template(messages, tokenize=False, **kw)
-        return _to_list(tok.encode(rendered, add_special_tokens=bool(add_special_tokens)))
-
-    async def _one(self, inputs, return_full_text, streamer, callback_function, cancel,
-                   add_special_tokens, tools, generate_kwargs):
-        tok = self.tokenizer
-        ids = self._encode(inputs, add_special_tokens, tools)
-        out = await self.model.generate(ids, streamer=streamer, callback_function=callback_function,
-                                        cancel=cancel, tokenizer=tok, **generate_kwargs)
-        full = out[0].tolist()
-        # decode the whole sequence and cut the prompt's text off (robust for decoders that drop a
-        # leading space when a continuation is decoded on its own)
-        all_text = tok.decode(full, skip_special_tokens=True)
-        prompt_text = tok.decode(ids, skip_special_tokens=True)
-        if all_text.startswith(prompt_text):
-            new_text = all_text[len(prompt_text):]
-        else:
-            new_text = tok.decode(full[len(ids):], skip_special_tokens=True)
-        stops = self.model.generation_config.update(**generate_kwargs).stop_string_list
-        new_text = trim_stop_strings(new_text, stops)
-        if not return_full_text:
-            return [{"generated_text": new_text}]
-        if isinstance(inputs, str):
-            return [{"generated_text": inputs + new_text}]
-        return [{"generated_text": [dict(m) for m in inputs] + [{"role": "assistant", "content": new_text}]}]
-
-    def dispose(self) -> None:
-        self.model.dispose()
-
-
-def _to_list(ids) -> list[int]:
-    if hasattr(ids, "ids"):  # an Encoding-like object
-        ids = ids.ids
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if ids and isinstance(ids[0], (list, tuple)):
-        ids = ids[0]
-    return [int(t) for t in ids]
+    module, name = SUPPORTED_TASKS[task]
+    cls = getattr(importlib.import_module(module), name)
+    return await cls.from_pretrained(model, dtype=dtype, device=device, revision=revision, host=host,
+                                     progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)

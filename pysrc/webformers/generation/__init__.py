@@ -1,24 +1,35 @@
-"""Text generation: ``GenerationConfig``, logits processors, stopping criteria, streamers, the loop."""
+"""Generation, for every model: the decoding controls, the logits processors, the stopping criteria, the
+streamers and the one loop.
+
+- ``config``: ``GenerationConfig`` (from ``generation_config.json`` and call kwargs, validated);
+- ``logits_process``: processors and warpers ``(input_ids, scores) -> scores``, ``build_logits_processor``,
+  greedy / seeded sampling;
+- ``stopping``: the stopping criteria and ``StopStrings``, the one stop-string matcher;
+- ``streamers``: ``TextStreamer``, ``TextIteratorStreamer`` (text pieces as tokens arrive);
+- ``loop``: ``generate_tokens(step, prompt, config)`` over a model's ``DecoderStep`` (the causal LM's in
+  ``webformers.text.causal_lm``, Whisper's decoder in ``webformers.speech.whisper``).
+"""
 from .config import GenerationConfig
 from .logits_process import (
     LogitsProcessor, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
     NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-    SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
-    build_logits_processor, greedy_next_token, sample_next_token, softmax,
+    SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper,
+    TopKLogitsWarper, TopPLogitsWarper, build_logits_processor, greedy_next_token, sample_next_token, softmax,
 )
-from .streamers import BaseStreamer, IncrementalDecoder, TextIteratorStreamer, TextStreamer
-from .loop import (
-    CancelCriteria, ContextLengthError, EosTokenCriteria, GenerationMixin, MaxNewTokensCriteria,
-    MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList, trim_stop_strings,
+from .loop import ContextLengthError, DecoderStep, generate_tokens
+from .stopping import (
+    CancelCriteria, EosTokenCriteria, MaxNewTokensCriteria, MaxTimeCriteria, StoppingCriteria,
+    StoppingCriteriaList, StopStringCriteria, StopStrings, stopping_criteria,
 )
+from .streamers import BaseStreamer, StreamerList, TextIteratorStreamer, TextStreamer, generation_streamers
 
 __all__ = [
     "GenerationConfig", "LogitsProcessor", "LogitsProcessorList", "MinNewTokensLengthLogitsProcessor",
     "MinPLogitsWarper", "NoBadWordsLogitsProcessor", "NoRepeatNGramLogitsProcessor",
-    "RepetitionPenaltyLogitsProcessor", "SuppressTokensLogitsProcessor", "TemperatureLogitsWarper",
-    "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processor", "greedy_next_token",
-    "sample_next_token", "softmax", "BaseStreamer", "IncrementalDecoder", "TextIteratorStreamer",
-    "TextStreamer", "CancelCriteria", "ContextLengthError", "EosTokenCriteria", "GenerationMixin",
-    "MaxNewTokensCriteria", "MaxTimeCriteria", "StopStringCriteria", "StoppingCriteriaList",
-    "trim_stop_strings",
+    "RepetitionPenaltyLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor", "SuppressTokensLogitsProcessor",
+    "TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "build_logits_processor",
+    "greedy_next_token", "sample_next_token", "softmax", "ContextLengthError", "DecoderStep", "generate_tokens",
+    "CancelCriteria", "EosTokenCriteria", "MaxNewTokensCriteria", "MaxTimeCriteria", "StoppingCriteria",
+    "StoppingCriteriaList", "StopStringCriteria", "StopStrings", "stopping_criteria", "BaseStreamer",
+    "StreamerList", "TextIteratorStreamer", "TextStreamer", "generation_streamers",
 ]

@@ -29,6 +29,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     bad_words_ids: list | None = None
     suppress_tokens: list | None = None
+    begin_suppress_tokens: list | None = None
     eos_token_id: int | list | None = None
     stop_strings: str | list | None = None
     seed: int | None = None
@@ -129,10 +130,10 @@ class GenerationConfig:
                 for seq in self.bad_words_ids)
             if not ok:
                 bad("bad_words_ids", "must be a list of non-empty lists of token ids, e.g. [[12], [7, 9]]")
-        if self.suppress_tokens is not None:
-            if not isinstance(self.suppress_tokens, (list, tuple)) or not all(
-                    _is_int(t) and t >= 0 for t in self.suppress_tokens):
-                bad("suppress_tokens", "must be a list of token ids")
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            ids = getattr(self, name)
+            if ids is not None and (not isinstance(ids, (list, tuple)) or not all(_is_int(t) and t >= 0 for t in ids)):
+                bad(name, "must be a list of token ids")
         e = self.eos_token_id
         if e is not None and not (_is_int(e) or (isinstance(e, (list, tuple)) and all(_is_int(x) for x in e))):
             bad("eos_token_id", "must be a token id, a list of token ids, or None")

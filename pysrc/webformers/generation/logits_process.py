@@ -15,7 +15,7 @@ __all__ = [
     "LogitsProcessor", "LogitsProcessorList", "TemperatureLogitsWarper", "TopKLogitsWarper",
     "TopPLogitsWarper", "MinPLogitsWarper", "RepetitionPenaltyLogitsProcessor",
     "NoRepeatNGramLogitsProcessor", "NoBadWordsLogitsProcessor", "SuppressTokensLogitsProcessor",
-    "MinNewTokensLengthLogitsProcessor", "build_logits_processor", "softmax", "sample_next_token",
+    "SuppressTokensAtBeginLogitsProcessor", "MinNewTokensLengthLogitsProcessor", "build_logits_processor", "softmax", "sample_next_token",
     "greedy_next_token",
 ]
 
@@ -211,16 +211,31 @@ class NoBadWordsLogitsProcessor(LogitsProcessor):
 
 
 class SuppressTokensLogitsProcessor(LogitsProcessor):
-    """Never generate the tokens in ``suppress_tokens``."""
+    """Never generate the tokens in ``suppress_tokens`` (ids outside the vocabulary are ignored)."""
 
     def __init__(self, suppress_tokens):
-        self.suppress_tokens = sorted({int(t) for t in suppress_tokens})
+        self.suppress_tokens = np.unique(np.asarray([int(t) for t in suppress_tokens], dtype=np.int64))
 
     def _apply(self, input_ids, scores):
-        ids = [t for t in self.suppress_tokens if 0 <= t < scores.shape[-1]]
-        if ids:
+        ids = self.suppress_tokens
+        ids = ids[(ids >= 0) & (ids < scores.shape[-1])]
+        if ids.size:
             scores[:, ids] = NEG_INF
         return scores
+
+
+class SuppressTokensAtBeginLogitsProcessor(SuppressTokensLogitsProcessor):
+    """Suppress ``begin_suppress_tokens`` for the first generated token only, i.e. while the sequence is
+    ``begin_index`` tokens long (the prompt length); e.g. Whisper's blank and end-of-text at the start."""
+
+    def __init__(self, begin_suppress_tokens, begin_index: int):
+        super().__init__(begin_suppress_tokens)
+        self.begin_index = int(begin_index)
+
+    def _apply(self, input_ids, scores):
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        return super()._apply(input_ids, scores)
 
 
 class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
@@ -255,6 +270,8 @@ def build_logits_processor(config, prompt_length: int) -> LogitsProcessorList:
                                                        config.eos_token_ids))
     if config.suppress_tokens:
         procs.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
+    if config.begin_suppress_tokens:
+        procs.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length))
     if config.do_sample:
         if config.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(config.temperature))

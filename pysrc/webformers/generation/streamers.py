@@ -16,78 +16,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-__all__ = ["BaseStreamer", "TextStreamer", "TextIteratorStreamer", "IncrementalDecoder",
-           "make_stream_decoder"]
+from ..text.tokenizer.stream import TokenStreamDecoder
+from .stopping import StopStrings
 
-
-class IncrementalDecoder:
-    """Turns a growing list of token ids into text pieces.
-
-    Works with any tokenizer that has ``decode(ids, skip_special_tokens=...)``: the newest tokens are
-    decoded together with a few already-emitted ones (so that decoders which strip a leading space
-    or merge bytes see their context), and text ending in an incomplete character (U+FFFD) is held
-    back until the next token completes it.
-    """
-
-    def __init__(self, tokenizer, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
-
-    def step(self, token_id: int) -> str:
-        """Add one token; return the newly finished text ('' when a character is still incomplete)."""
-        self.ids.append(int(token_id))
-        dec = self.tokenizer.decode
-        prefix_text = dec(self.ids[self.prefix_offset:self.read_offset],
-                          skip_special_tokens=self.skip_special_tokens) if self.read_offset > self.prefix_offset else ""
-        new_text = dec(self.ids[self.prefix_offset:], skip_special_tokens=self.skip_special_tokens)
-        if new_text.endswith("\ufffd"):
-            return ""
-        if len(new_text) <= len(prefix_text) and new_text.startswith(prefix_text):
-            # a token that decodes to nothing (e.g. a skipped special token)
-            self.read_offset = len(self.ids)
-            return ""
-        piece = new_text[len(prefix_text):]
-        self.prefix_offset = self.read_offset
-        self.read_offset = len(self.ids)
-        return piece
-
-    def flush(self) -> str:
-        """At the end of the stream: the held-back text of an incomplete character, as decoded."""
-        if self.read_offset >= len(self.ids):
-            return ""
-        dec = self.tokenizer.decode
-        prefix_text = dec(self.ids[self.prefix_offset:self.read_offset],
-                          skip_special_tokens=self.skip_special_tokens) if self.read_offset > self.prefix_offset else ""
-        new_text = dec(self.ids[self.prefix_offset:], skip_special_tokens=self.skip_special_tokens)
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return new_text[len(prefix_text):]
-
-
-def make_stream_decoder(tokenizer, skip_special_tokens: bool = True):
-    """The tokenizer's own incremental decoder (``tokenizer.stream_decoder(...)`` with
-    ``put(id) -> str`` / ``end() -> str``, see ``webformers.text.tokenizers.TokenStreamDecoder``) when it
-    has one, else ``IncrementalDecoder`` over ``tokenizer.decode``. Either way: ``step(id) -> str``
-    and ``flush() -> str``."""
-    factory = getattr(tokenizer, "stream_decoder", None)
-    if callable(factory):
-        dec = factory(skip_special_tokens=skip_special_tokens)
-        if callable(getattr(dec, "put", None)) and callable(getattr(dec, "end", None)):
-            return _Adapter(dec)
-    return IncrementalDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
-
-
-class _Adapter:
-    def __init__(self, dec):
-        self.dec = dec
-
-    def step(self, token_id: int) -> str:
-        return self.dec.put(int(token_id)) or ""
-
-    def flush(self) -> str:
-        return self.dec.end() or ""
+__all__ = ["BaseStreamer", "TextStreamer", "TextIteratorStreamer", "StreamerList", "generation_streamers"]
 
 
 def _ids_of(value) -> list[int]:
@@ -133,7 +65,7 @@ class TextStreamer(BaseStreamer):
         self.skip_special_tokens = skip_special_tokens
         self.callback_function = callback_function
         self.text = ""
-        self._decoder = make_stream_decoder(tokenizer, skip_special_tokens)
+        self._decoder = TokenStreamDecoder(tokenizer, skip_special_tokens)
         self._first = True
         self._in_generation = False
         self._pending = ""
@@ -141,10 +73,8 @@ class TextStreamer(BaseStreamer):
         self.set_stop_strings(stop_strings)
 
     def set_stop_strings(self, stop_strings) -> None:
-        if stop_strings is None:
-            self.stop_strings = []
-        else:
-            self.stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        """Hold back text that could start one of ``stop_strings``; emit nothing from a stop string on."""
+        self.stops = StopStrings(stop_strings)
 
     def put(self, value) -> None:
         ids = _ids_of(value)
@@ -154,24 +84,24 @@ class TextStreamer(BaseStreamer):
                 self._in_generation = True
                 return
             for t in ids:
-                piece = self._decoder.step(t)
+                piece = self._decoder.put(t)
                 if piece:
                     self._emit(piece, False)
             self._in_generation = True
             return
         for t in ids:
-            piece = self._decoder.step(t)
+            piece = self._decoder.put(t)
             if piece:
                 self._push(piece)
 
     def _push(self, piece: str) -> None:
         if self._stopped:
             return
-        if not self.stop_strings:
+        if not self.stops:
             self._emit(piece, False)
             return
         self._pending += piece
-        cut, found = _stop_cut(self._pending, self.stop_strings)
+        cut, found = self.stops.safe_prefix(self._pending)
         if found:
             self._stopped = True
         ready, self._pending = self._pending[:cut], ("" if found else self._pending[cut:])
@@ -179,7 +109,7 @@ class TextStreamer(BaseStreamer):
             self._emit(ready, False)
 
     def end(self) -> None:
-        tail = self._decoder.flush()
+        tail = self._decoder.end()
         if tail:
             if self._in_generation:
                 self._push(tail)
@@ -199,24 +129,6 @@ class TextStreamer(BaseStreamer):
                 self.callback_function(text)
             return
         print(text, flush=True, end="" if not stream_end else "\n", file=sys.stdout)
-
-
-def _stop_cut(text: str, stops: list[str]) -> tuple[int, bool]:
-    """(how much of ``text`` is safe to emit, whether a stop string was found)."""
-    first = None
-    for s in stops:
-        i = text.find(s)
-        if i >= 0 and (first is None or i < first):
-            first = i
-    if first is not None:
-        return first, True
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return len(text) - hold, False
 
 
 class TextIteratorStreamer(TextStreamer):
@@ -250,3 +162,37 @@ class TextIteratorStreamer(TextStreamer):
         if item is self._done:
             raise StopAsyncIteration
         return item
+
+
+class StreamerList(list):
+    """Streamers fed together: each gets every ``put`` and the ``end``."""
+
+    def put(self, value) -> None:
+        for s in self:
+            s.put(value)
+
+    def end(self) -> None:
+        for s in self:
+            s.end()
+
+
+def generation_streamers(streamer=None, callback_function=None, tokenizer=None, stop_strings=None) -> StreamerList:
+    """What ``generate`` streams to: ``streamer`` (an object with ``put(ids)`` and ``end()``) and, for
+    ``callback_function(text)``, a ``TextStreamer`` over ``tokenizer`` that skips the prompt. Streamers
+    that hold back stop strings (``set_stop_strings``) are given ``stop_strings``."""
+    out = StreamerList()
+    if streamer is not None:
+        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+            raise TypeError("streamer must have put(ids) and end() methods (see TextStreamer)")
+        out.append(streamer)
+    if callback_function is not None:
+        if tokenizer is None:
+            raise ValueError("callback_function needs a tokenizer: pass tokenizer=... to generate")
+        if not callable(callback_function):
+            raise TypeError("callback_function must be callable (it receives each new text piece)")
+        out.append(TextStreamer(tokenizer, skip_prompt=True, callback_function=callback_function))
+    if stop_strings:
+        for s in out:
+            if callable(getattr(s, "set_stop_strings", None)):
+                s.set_stop_strings(stop_strings)
+    return out

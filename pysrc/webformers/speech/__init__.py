@@ -1,1 +1,2 @@
-"""Speech recognition: audio decoding and features (``audio``), the Whisper model and its pipeline (``whisper``)."""
+"""Speech recognition: audio decoding and log-mel features (``audio``), the Whisper model on its two ONNX
+modules, decoded by the shared generation loop (``whisper``), and the ASR pipeline (``pipeline``)."""

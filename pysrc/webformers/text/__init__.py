@@ -1,1 +1,3 @@
-"""Text models: the tokenizer, chat templates and the causal language model."""
+"""Text models: the tokenizer (``tokenizer/``: tokenizer.json components, ``AutoTokenizer``, the stream
+decoder), chat templates (``chat_template``), the causal language model and its KV-cache step
+(``causal_lm``), and the text-generation pipeline (``pipeline``)."""

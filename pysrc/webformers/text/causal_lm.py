@@ -1,4 +1,4 @@
-"""``AutoModelForCausalLM`` and ``AutoTokenizer``: async ``from_pretrained`` over the model store.
+"""``CausalLM`` (a decoder-only language model on one session) and ``AutoModelForCausalLM.from_pretrained``.
 
     tok = await AutoTokenizer.from_pretrained("webformers/tiny-random-llama", host=...)
     model = await AutoModelForCausalLM.from_pretrained("webformers/tiny-random-llama", dtype="q4")
@@ -6,75 +6,72 @@
     print(tok.decode(out[0].tolist()))
     print(model.last_generation_stats)
 
-The same code runs in Pyodide (onnxruntime-web) and on CPython (onnxruntime).
+The same code runs in Pyodide (onnxruntime-web) and on CPython (onnxruntime). The session has the
+transformers.js / optimum I/O: inputs ``input_ids``, ``attention_mask``, ``position_ids``,
+``past_key_values.{i}.key/.value`` ([batch, kv_heads, seq, head_dim]) and optionally
+``num_logits_to_keep``; outputs ``logits`` and ``present.{i}.key/.value``.
+
+- the prompt runs in one prefill, then one run per new token (``webformers.generation.loop``);
+- only ``logits`` is fetched to numpy; the ``present.*`` outputs stay backend tensors (JS / GPU in the
+  browser) and are fed back as ``past_key_values.*``; the previous step's are released;
+- the last sequence and its cache stay on the model, so a following prompt that starts with that
+  sequence (the next chat turn) only prefills its new tokens.
 """
 from __future__ import annotations
 
+import functools
+import re
+
 import numpy as np
 
-from ..runtime import backend as _backend
 from ..generation.config import GenerationConfig
-from ..generation.loop import GenerationMixin
+from ..generation.loop import DecoderStep, generate_tokens
+from ..generation.streamers import generation_streamers
+from ..runtime import backend as _backend
+from ..runtime.load import load_sessions
+from ..store import ModelRepo
 
-__all__ = ["AutoModelForCausalLM", "AutoTokenizer", "CausalLM", "open_repo"]
+__all__ = ["AutoModelForCausalLM", "CausalLM", "CausalLMStep"]
 
 _ORT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
+_PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
-async def open_repo(model, *, revision="main", host=None, progress_callback=None):
-    """``model`` as an open ``ModelRepo`` (a repo id is opened; an open repo is returned as is)."""
-    if not isinstance(model, str):
-        if callable(getattr(model, "json", None)) and callable(getattr(model, "text", None)):
-            return model
-        raise TypeError(f"model must be a repo id like 'webformers/tiny-random-llama' or an open ModelRepo, "
-                        f"got {type(model).__name__}")
-    from ..store.repo import ModelRepo
-    kw = {"revision": revision, "progress_callback": progress_callback}
-    if host is not None:
-        kw["host"] = host
-    return await ModelRepo.open(model, **kw)
+def _as_prompt(input_ids) -> list[int]:
+    if isinstance(input_ids, dict):  # apply_chat_template(..., return_dict=True)
+        if "input_ids" not in input_ids:
+            raise TypeError("a dict passed as input_ids must have an 'input_ids' entry")
+        input_ids = input_ids["input_ids"]
+    if hasattr(input_ids, "tolist"):
+        input_ids = input_ids.tolist()
+    if isinstance(input_ids, int):
+        input_ids = [input_ids]
+    if not isinstance(input_ids, (list, tuple)):
+        raise TypeError(f"input_ids must be a list of token ids or a [1, n] array, got "
+                        f"{type(input_ids).__name__}")
+    if input_ids and isinstance(input_ids[0], (list, tuple)):
+        if len(input_ids) != 1:
+            raise ValueError(f"generate supports batch size 1 only (got a batch of {len(input_ids)}); "
+                             "call it once per prompt")
+        input_ids = input_ids[0]
+    ids = [int(t) for t in input_ids]
+    if not ids:
+        raise ValueError("input_ids is empty: generation needs at least one prompt token")
+    return ids
 
 
-async def _optional_json(repo, name):
-    """A repo JSON file that may be absent: {} when the repo does not have it."""
-    opt = getattr(repo, "optional_json", None)
-    if callable(opt):
-        return (await opt(name)) or {}
-    has = getattr(repo, "has", None)
-    if callable(has):
-        present = has(name)
-        if hasattr(present, "__await__"):
-            present = await present
-        if not present:
-            return {}
-        return await repo.json(name)
-    try:
-        return await repo.json(name)
-    except (FileNotFoundError, KeyError, LookupError):
-        return {}
-
-
-class AutoTokenizer:
-    """``await AutoTokenizer.from_pretrained(model, revision=, host=, progress_callback=)``."""
-
-    def __init__(self):
-        raise TypeError("use: tokenizer = await AutoTokenizer.from_pretrained(model)")
-
-    @staticmethod
-    async def from_pretrained(model, *, revision="main", host=None, progress_callback=None):
-        from .tokenizers import Tokenizer
-        repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
-        tokenizer_json = await repo.text("tokenizer.json")
-        tokenizer_config = await _optional_json(repo, "tokenizer_config.json")
-        return Tokenizer.from_json(tokenizer_json, tokenizer_config)
-
-
-class CausalLM(GenerationMixin):
-    """A decoder-only language model on one backend session (see ``GenerationMixin.generate``).
+class CausalLM:
+    """A decoder-only language model on one backend session.
 
     Attributes: ``config`` (config.json), ``generation_config``, ``session``, ``dtype``, ``device``,
-    ``warnings`` (from loading), ``max_position_embeddings``, ``last_generation_stats``.
+    ``warnings`` (from loading), ``load_timings``, ``max_position_embeddings``, ``num_kv_heads``,
+    ``head_dim``, ``kv_dtype``, ``tokenizer`` (or None), ``last_generation_stats``.
     """
+
+    last_generation_stats: dict | None = None
+    #: the cache kept from the last generation (past name -> backend tensor) and the tokens it holds
+    _kv: dict | None = None
+    _kv_ids: list[int] | None = None
 
     def __init__(self, session, config: dict, generation_config: GenerationConfig | None = None, *,
                  dtype: str | None = None, device: str | None = None, warnings=(), tokenizer=None,
@@ -85,7 +82,7 @@ class CausalLM(GenerationMixin):
         self.dtype = dtype
         self.device = device if device is not None else getattr(session, "device", None)
         self.warnings = list(warnings)
-        self.load_timings: dict = {}  # set by from_pretrained: see loading.Loaded.timings
+        self.load_timings: dict = {}  # set by from_pretrained: see runtime.load.Loaded.timings
         self.tokenizer = tokenizer
         gc = generation_config if generation_config is not None else GenerationConfig()
         if gc.eos_token_id is None and self.config.get("eos_token_id") is not None:
@@ -123,6 +120,83 @@ class CausalLM(GenerationMixin):
                 return np.dtype(_ORT_TYPES[t])
         return np.dtype(np.float32)
 
+    # -- the KV cache ---------------------------------------------------------------------------------------
+    @functools.cached_property
+    def kv_pairs(self) -> list[tuple[str, str]]:
+        """(``past_key_values.{i}.key|value`` input, its ``present.*`` output) for every layer, in order."""
+        names = self.session.input_names
+        past = sorted((n for n in names if _PAST_RE.match(n)),
+                      key=lambda n: (int(_PAST_RE.match(n).group(1)), _PAST_RE.match(n).group(2)))
+        pairs = []
+        for n in past:
+            present = "present." + n[len("past_key_values."):]
+            if present not in self.session.output_names:
+                raise ValueError(f"the model has input {n!r} but no output {present!r}; outputs: "
+                                 f"{', '.join(self.session.output_names)}")
+            pairs.append((n, present))
+        return pairs
+
+    def empty_past(self) -> dict:
+        """Empty ``past_key_values.*`` feeds ([1, kv_heads, 0, head_dim]) for a run without a cache."""
+        shape = (1, int(self.num_kv_heads), 0, int(self.head_dim))
+        return {p: np.zeros(shape, dtype=self.kv_dtype) for p, _ in self.kv_pairs}
+
+    def release(self, tensors) -> None:
+        """Free backend tensors (a dict of them, or None)."""
+        if tensors:
+            for v in tensors.values():
+                self.backend.release(v)
+
+    def clear_cache(self) -> None:
+        """Drop the KV cache kept from the last generation (frees its backend tensors)."""
+        self.release(self._kv)
+        self._kv = None
+        self._kv_ids = None
+
+    def take_cache(self, prompt: list[int]) -> tuple[int, dict | None]:
+        """Hand the kept cache over for ``prompt`` when the prompt extends its sequence: (tokens it holds,
+        the cache); else free it: (0, None). The model keeps no cache afterwards."""
+        kept, ids = self._kv, self._kv_ids
+        self._kv = self._kv_ids = None
+        if kept is not None and ids is not None and len(ids) < len(prompt) and prompt[:len(ids)] == ids:
+            return len(ids), kept
+        self.release(kept)
+        return 0, None
+
+    def keep_cache(self, past: dict, ids: list[int]) -> None:
+        """Keep ``past`` (the cache of the tokens ``ids``) for the next generation."""
+        self.clear_cache()
+        self._kv, self._kv_ids = past, list(ids)
+
+    # -- generation -----------------------------------------------------------------------------------------
+    async def generate(self, input_ids, generation_config: GenerationConfig | None = None, *,
+                       streamer=None, callback_function=None, cancel=None, tokenizer=None,
+                       use_cache: bool = True, reuse_cache: bool = True, **kwargs) -> np.ndarray:
+        """Generate from ``input_ids`` (a list of ids, a [1, n] array, or ``{"input_ids": ...}``); returns
+        the int64 array [1, prompt + new] (prompt included, like transformers).
+
+        ``kwargs`` are ``GenerationConfig`` fields (unknown names raise ``TypeError``).
+        ``streamer`` gets ``put(ids)`` / ``end()``; ``callback_function(text)`` receives each new piece
+        of text; ``cancel`` (``is_set()`` or a callable) is checked after every token and before the first
+        run; ``tokenizer`` is needed for stop strings and ``callback_function`` (defaults to
+        ``self.tokenizer``). ``use_cache=False`` recomputes the whole sequence every step (slow; for
+        checking); ``reuse_cache=False`` ignores the cache kept from the previous call.
+        ``last_generation_stats`` then holds the prompt size, reused tokens, prefill / per-step run times,
+        the Python time per step and the stop reason.
+        """
+        base = generation_config if generation_config is not None else self.generation_config
+        if not isinstance(base, GenerationConfig):
+            raise TypeError("generation_config must be a GenerationConfig (kwargs carry single controls)")
+        config = base.update(**kwargs)
+        prompt = _as_prompt(input_ids)
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        streamers = generation_streamers(streamer, callback_function, tokenizer, config.stop_string_list)
+        stats = {"use_cache": use_cache, "device": getattr(self.session, "device", None)}
+        self.last_generation_stats = stats
+        step = CausalLMStep(self, use_cache=use_cache, reuse_cache=reuse_cache)
+        return await generate_tokens(step, prompt, config, streamer=streamers, cancel=cancel, tokenizer=tokenizer,
+                                     max_positions=self.max_position_embeddings, stats=stats)
+
     @property
     def num_layers(self) -> int:
         return sum(1 for n in self.session.input_names if n.startswith("past_key_values.") and n.endswith(".key"))
@@ -137,6 +211,69 @@ class CausalLM(GenerationMixin):
                 f"device={self.device!r}, layers={self.num_layers})")
 
 
+class CausalLMStep(DecoderStep):
+    """A ``CausalLM``'s step: the prompt (after the kept cache's tokens, when reused), then one token per call,
+    each run fed the previous run's ``present.*`` as ``past_key_values.*``. With ``use_cache=False`` every
+    call recomputes the whole sequence from an empty cache. At the end the cache goes back to the model."""
+
+    def __init__(self, lm: CausalLM, *, use_cache: bool = True, reuse_cache: bool = True):
+        super().__init__(lm.session)
+        self.lm = lm
+        self.use_cache = use_cache
+        self.reuse_cache = reuse_cache
+        self.fed: list[int] = []  # every token run so far: the cache holds them
+        self.past: dict | None = None
+        self._past_is_empty = True  # the empty feeds are numpy arrays built here, not backend tensors
+
+    async def __call__(self, ids: list[int]) -> np.ndarray:
+        lm = self.lm
+        if not self.use_cache:
+            self.fed += ids
+            logits, present = await self._forward(self.fed, 0, lm.empty_past())
+            lm.release(present)
+            return logits
+        if not self.fed:  # the prompt
+            if self.reuse_cache:
+                past_len, past = lm.take_cache(ids)
+            else:
+                past_len, past = 0, None
+                lm.clear_cache()
+            self.reused_tokens = past_len
+            self.fed, ids = list(ids[:past_len]), ids[past_len:]
+            self.past, self._past_is_empty = (past, False) if past is not None else (lm.empty_past(), True)
+        logits, present = await self._forward(ids, len(self.fed), self.past)
+        if not self._past_is_empty:
+            lm.release(self.past)
+        self.past, self._past_is_empty = present, False
+        self.fed += ids
+        return logits
+
+    async def _forward(self, ids: list[int], past_len: int, past: dict):
+        """One run over ``ids`` after ``past_len`` cached tokens: (logits [1, V], present tensors by past name)."""
+        names = self.session.input_names
+        n = len(ids)
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        if "attention_mask" in names:
+            feeds["attention_mask"] = np.ones((1, past_len + n), dtype=np.int64)
+        if "position_ids" in names:
+            feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        feeds.update(past)
+        out = await self.run(feeds)
+        return self.last_logits(out), {p: out[pr] for p, pr in self.lm.kv_pairs}
+
+    def close(self) -> None:
+        """Keep the cache on the model: it holds every token fed (all but the last generated one)."""
+        if self.use_cache and self.past is not None and not self._past_is_empty:
+            self.lm.keep_cache(self.past, self.fed)
+        self.past = None
+
+    def abort(self) -> None:
+        if not self._past_is_empty:
+            self.lm.release(self.past)
+        self.past = None
+        self.lm.clear_cache()
+
+
 class AutoModelForCausalLM:
     """``model = await AutoModelForCausalLM.from_pretrained(model, dtype=, device=, ...)``."""
 
@@ -144,16 +281,40 @@ class AutoModelForCausalLM:
         raise TypeError("use: model = await AutoModelForCausalLM.from_pretrained(model)")
 
     @staticmethod
-    async def from_pretrained(model, *, dtype="auto", device="auto", revision="main", host=None,
-                              progress_callback=None, strict=False, max_bytes=None,
+    async def from_pretrained(model, *, dtype="auto", device="auto", revision: str = "main", host: str | None = None,
+                              progress_callback=None, strict: bool = False, max_bytes: int | None = None,
                               module: str = "model") -> CausalLM:
-        """Open ``model`` (repo id or open ``ModelRepo``), load ``onnx/{module}{suffix}.onnx`` for
-        ``dtype`` on ``device`` (fallbacks per the dtype registry unless ``strict``) and return a
-        ``CausalLM``. Loading warnings (e.g. a dtype fallback) are in ``model.warnings``."""
-        from ..runtime.load import load_sessions
-        repo = await open_repo(model, revision=revision, host=host, progress_callback=progress_callback)
+        """Load a decoder-only language model.
+
+        Args:
+            model: a repo id such as ``"webformers/tiny-random-llama"`` (opened with ``ModelRepo.open``), a
+                local repo directory on CPython, or an already open ``ModelRepo``.
+            dtype: a dtype name (``"q4"``, ``"fp16"``, ... see ``webformers.DTYPES``), ``"auto"`` (the best
+                quality the device runs natively, within ``max_bytes``), or ``{module: dtype}``.
+            device: ``"wasm"``, ``"webgpu"`` or ``"auto"`` (WebGPU when an adapter exists).
+            revision: the repo revision (ignored for an open ``ModelRepo``).
+            host: where repos live: an http(s) URL prefix, a URL template with ``{model}``, ``{revision}``
+                and ``{file}``, or a local directory (default: ``WEBFORMERS_HOST`` / the page's origin).
+            progress_callback: receives the store's download / cache events (``status``, ``file``, ...).
+            strict: raise instead of falling back (a dtype the device cannot run natively, WebGPU without an
+                adapter).
+            max_bytes: the download budget for ``dtype="auto"``.
+            module: the ONNX module to load (``onnx/{module}{suffix}.onnx``).
+
+        Returns:
+            A ``CausalLM`` on the loaded session, with ``config.json`` and ``generation_config.json`` (when
+            present) applied; loading warnings (e.g. a dtype fallback) are in ``model.warnings``, the load
+            times in ``model.load_timings``.
+
+        Raises:
+            ValueError: the repo cannot be opened, a file is missing or fails its sha256 check, the dtype or
+                device is unknown or not in the repo (the message lists the valid ones), a fallback was needed
+                with ``strict=True``, or the session is not a decoder with ``logits`` / matching KV outputs.
+        """
+        repo = model if isinstance(model, ModelRepo) else await ModelRepo.open(
+            model, revision=revision, host=host, progress_callback=progress_callback)
         config = await repo.json("config.json")
-        gen = await _optional_json(repo, "generation_config.json")
+        gen = await repo.optional_json("generation_config.json") or {}
         present = [f"present.{i}.{kv}" for i in range(int(config.get("num_hidden_layers", 0) or 0))
                    for kv in ("key", "value")]
         kw = {"dtype": dtype, "device": device, "strict": strict, "progress_callback": progress_callback,
@@ -161,9 +322,11 @@ class AutoModelForCausalLM:
         if max_bytes is not None:
             kw["max_bytes"] = max_bytes
         loaded = await load_sessions(repo, [module], **kw)
-        dtypes = getattr(loaded, "dtypes", {}) or {}
-        lm = CausalLM(loaded.sessions[module], config, GenerationConfig.from_dict(gen),
-                      dtype=dtypes.get(module) if isinstance(dtypes, dict) else dtypes,
-                      device=getattr(loaded, "device", None), warnings=getattr(loaded, "warnings", ()))
-        lm.load_timings = dict(getattr(loaded, "timings", None) or {})
+        try:
+            lm = CausalLM(loaded.sessions[module], config, GenerationConfig.from_dict(gen),
+                          dtype=loaded.dtypes.get(module), device=loaded.device, warnings=loaded.warnings)
+        except BaseException:
+            loaded.dispose()
+            raise
+        lm.load_timings = dict(loaded.timings)
         return lm
