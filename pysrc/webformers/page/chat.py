@@ -23,7 +23,7 @@ import time
 
 from ..runtime import backend
 from .. import store as hub
-from ..dtypes import DEVICES, DTYPES, check_device, get_dtype
+from ..dtypes import DEVICES, DTYPES, check_device, device_support, get_dtype
 from ..store import REPORT_PATH, ModelRepo
 from ..runtime.plan import check_dtype_arg
 from ..platform import emit_page_event, reset_stop, stop_requested
@@ -78,15 +78,14 @@ def dtype_support(dtype: str, device: str, adapter: dict) -> dict:
         device = "webgpu" if adapter.get("webgpu") else "wasm"
     if device == "webgpu" and not adapter.get("webgpu"):
         return {"native": False, "device": "wasm", "reason": "no WebGPU adapter: runs on wasm"}
-    if device not in d.native_on:
+    support = device_support(d, device, adapter.get("features") or ())
+    if support.cpu_matmuls:
         return {"native": False, "device": device,
                 "reason": f"its matmuls ({', '.join(d.ops[:1]) or 'ops'}) have no {device} kernel: "
                           f"they run on the CPU inside the {device} session"}
-    if device == "webgpu":
-        missing = d.requires - set(adapter.get("features") or [])
-        if missing:
-            return {"native": False, "device": device,
-                    "reason": f"the adapter lacks {', '.join(sorted(missing))}: loads {d.fallback} instead"}
+    if support.missing:
+        return {"native": False, "device": device,
+                "reason": f"the adapter lacks {', '.join(sorted(support.missing))}: loads {support.fallback} instead"}
     return {"native": True, "device": device, "reason": None}
 
 
@@ -134,7 +133,7 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
     and warning events stream to the page; the result says what was loaded and how long it took."""
     from ..pipelines import pipeline
 
-    dtype = check_dtype_arg(dtype)
+    request = check_dtype_arg(dtype)
     check_device(device)
     if max_bytes is not None:
         if isinstance(max_bytes, float) and max_bytes.is_integer():
@@ -145,14 +144,14 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
     t0 = time.perf_counter()
     kw = {"host": host} if host else {}
     try:
-        pipe = await pipeline("text-generation", model_id, dtype=dtype, device=device, max_bytes=max_bytes, **kw)
+        pipe = await pipeline("text-generation", model_id, dtype=request, device=device, max_bytes=max_bytes, **kw)
     except Exception as e:
         _emit({"status": "error", "message": f"loading {model_id} failed: {e}"})
         raise
     ms = (time.perf_counter() - t0) * 1000.0
     lm = pipe.model
     info = {"model": model_id, "dtype": lm.dtype, "dtypes": {"model": lm.dtype}, "device": lm.device,
-            "requested": {"dtype": dtype, "device": device, "max_bytes": max_bytes},
+            "requested": {"dtype": request.as_arg(), "device": device, "max_bytes": max_bytes},
             "warnings": list(lm.warnings), "load_ms": round(ms, 1),
             "layers": lm.num_layers, "context": lm.max_position_embeddings}
     _state.update(pipe=pipe, model=model_id, info=info)
