@@ -709,3 +709,52 @@ def test_auto_ranks_by_wer_when_the_report_measures_wer_not_kl(repo_dir):
     for d, r in both["modules"][enc].items():
         r["kl"] = {"fp32": 0.0, "fp16": 0.001, "q8": 0.01, "q4": 0.05, "q4f16": 0.06}[d]
     assert sel(both)[enc] == "fp32"
+
+
+def test_bad_dtype_is_rejected_before_any_request(server):
+    """The dtype argument is checked once, before the report (or anything else) is fetched; a checked
+    request passes through the layers below as is."""
+    from webformers.runtime.plan import DtypeRequest, check_dtype_arg
+
+    async def go():
+        repo = await ModelRepo.open(MODEL, host=server.plain)
+        server.log.clear()
+        for bad in ({"encoder_model": "fp64"}, {"encoder_model": "q4", "decoder_model_merged": 3}):
+            with pytest.raises(ValueError, match="unknown dtype"):
+                await load_sessions(repo, dtype=bad, adapter=NO_GPU)
+        assert server.log == []  # not even quantization_report.json
+        req = check_dtype_arg({"encoder_model": "q4"})
+        assert isinstance(req, DtypeRequest) and check_dtype_arg(req) is req
+        assert req.as_arg() == {"encoder_model": "q4"} and req.may_be_auto
+        assert check_dtype_arg(None).as_arg() == {} and check_dtype_arg("q4").as_arg() == "q4"
+        assert not check_dtype_arg("q4").may_be_auto and check_dtype_arg("auto").may_be_auto
+        loaded = await load_sessions(repo, dtype=req, device="wasm", adapter=NO_GPU)
+        assert loaded.dtypes == {"encoder_model": "q4", "decoder_model_merged": "q8"}
+    run(go())
+
+
+def test_dtype_facts_live_in_the_registry():
+    """Per-device defaults, native support, capability fallbacks and CPU matmuls under WebGPU come from
+    webformers.dtypes."""
+    from webformers.dtypes import CPU_MATMUL_ON_WEBGPU, DEFAULT_DEVICE_DTYPES, default_dtype, device_support
+
+    assert dict(DEFAULT_DEVICE_DTYPES) == {"wasm": ("q8", "fp32"), "webgpu": ("fp32",)}
+    with pytest.raises(TypeError):
+        DEFAULT_DEVICE_DTYPES["wasm"] = ("q4",)  # frozen
+    assert default_dtype("wasm", ["fp32", "q8", "q4"]) == "q8" and default_dtype("wasm", ["fp32", "q4"]) == "fp32"
+    assert default_dtype("webgpu", ["fp32", "q8"]) == "fp32" and default_dtype("wasm", ["q4"]) == "auto"
+    no_f16, f16 = NO_F16["features"], WITH_F16["features"]
+    for d, fallback in (("fp16", "fp32"), ("q4f16", "q4"), ("q2f16", "q2"), ("q1f16", "q1")):
+        s = device_support(d, "webgpu", no_f16)
+        assert not s.native and s.missing == {"shader-f16"} and s.fallback == fallback and not s.cpu_matmuls
+        assert device_support(d, "webgpu", f16).native and device_support(d, "wasm").native
+    for d in ("q8", "int8", "uint8"):
+        s = device_support(d, "webgpu", f16)
+        assert d in CPU_MATMUL_ON_WEBGPU and s.cpu_matmuls and not s.native and not s.missing
+        assert device_support(d, "wasm").native
+    for d in ("fp32", "q4", "bnb4", "q2", "q1"):
+        assert device_support(d, "webgpu", no_f16).native
+    with pytest.raises(ValueError, match="device must be one of webgpu, wasm"):
+        device_support("q4", "auto")
+    with pytest.raises(ValueError, match="unknown dtype 'q3'"):
+        device_support("q3", "wasm")

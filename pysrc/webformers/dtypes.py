@@ -1,15 +1,25 @@
-"""The dtype registry: the only place that knows dtype names, file suffixes, bits and device needs.
+"""The dtype registry: the only place that knows dtype names, file suffixes, bits and device facts.
 
-File names follow the transformers.js / onnx-community layout (``onnx/{module}{suffix}.onnx``) so
-that model repos move freely between webformers and transformers.js.
+- ``DTYPES`` (name -> ``DType``), ``get_dtype(name)``, ``DEVICES``, ``check_device(device)``;
+- ``DEFAULT_DEVICE_DTYPES``: the dtype a module gets per device when nothing names one
+  (``default_dtype(device, available)``);
+- ``device_support(dtype, device, features)``: does a dtype run natively on a device - its matmuls'
+  kernels (``CPU_MATMUL_ON_WEBGPU``: the dtypes whose matmuls run on the CPU inside a WebGPU session),
+  the WebGPU adapter features it needs (``FP16_FEATURE``) and what loads instead without them (fp16 ->
+  fp32, q4f16 -> q4, ...);
+- file names: ``onnx_file(module, dtype)``, ``dtype_of_file(path, modules)``. They follow the
+  transformers.js / onnx-community layout (``onnx/{module}{suffix}.onnx``) so that model repos move
+  freely between webformers and transformers.js.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 __all__ = [
     "DType", "DTYPES", "DEVICES", "get_dtype", "check_device", "onnx_file", "dtype_of_file",
-    "FP16_FEATURE",
+    "FP16_FEATURE", "CPU_MATMUL_ON_WEBGPU", "DEFAULT_DEVICE_DTYPES", "default_dtype", "Support",
+    "device_support",
 ]
 
 FP16_FEATURE = "shader-f16"
@@ -35,9 +45,6 @@ class DType:
     #: op types a file of this dtype typically carries (for documentation; the manifest has the truth).
     ops: tuple = ()
 
-    def file_suffix(self) -> str:
-        return self.suffix
-
 
 _F16 = frozenset({FP16_FEATURE})
 
@@ -62,6 +69,10 @@ DTYPES: dict[str, DType] = {d.name: d for d in [
 #: dtypes whose matmuls have no WebGPU kernel (they run on the CPU inside a WebGPU session).
 CPU_MATMUL_ON_WEBGPU = frozenset(n for n, d in DTYPES.items() if "webgpu" not in d.native_on)
 
+#: per device, the dtypes a module gets when nothing names one: the first the repo has (none of them:
+#: "auto"). As transformers.js' DEFAULT_DEVICE_DTYPE_MAPPING: q8 on wasm, fp32 on WebGPU.
+DEFAULT_DEVICE_DTYPES = MappingProxyType({"wasm": ("q8", "fp32"), "webgpu": ("fp32",)})
+
 
 def get_dtype(name) -> DType:
     """The registry entry for ``name``; a clear ``ValueError`` listing valid names otherwise."""
@@ -78,6 +89,45 @@ def check_device(device: str) -> str:
     if device not in DEVICES and device != "auto":
         raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}, auto")
     return device
+
+
+def default_dtype(device: str, available) -> str:
+    """The default dtype on ``device`` ("wasm" or "webgpu") among the ``available`` ones, or "auto"."""
+    for name in DEFAULT_DEVICE_DTYPES[device]:
+        if name in available:
+            return name
+    return "auto"
+
+
+@dataclass(frozen=True)
+class Support:
+    """How a dtype runs on a device (see ``device_support``)."""
+    #: every op has a kernel on the device and the adapter has every feature the dtype needs
+    native: bool
+    #: the dtype's matmuls have no kernel on the device: they run on the CPU inside the device's session
+    cpu_matmuls: bool
+    #: WebGPU adapter features the dtype needs and the adapter lacks
+    missing: frozenset
+    #: what loads instead when features are missing: the first dtype along ``DType.fallback`` that the
+    #: adapter can run (None: there is none)
+    fallback: str | None
+
+
+def device_support(dtype, device: str, features=()) -> Support:
+    """How ``dtype`` runs on ``device`` ("wasm" or "webgpu"; WebGPU with an adapter that has ``features``)."""
+    d = get_dtype(dtype)
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} here, got {device!r}")
+    features = frozenset(features)
+    missing = d.requires - features if device == "webgpu" else frozenset()
+    fallback = None
+    if missing:
+        cur = d
+        while cur.requires - features and cur.fallback is not None:
+            cur = get_dtype(cur.fallback)
+        fallback = None if cur.requires - features else cur.name
+    cpu = device not in d.native_on
+    return Support(native=not cpu and not missing, cpu_matmuls=cpu, missing=missing, fallback=fallback)
 
 
 def onnx_file(module: str, dtype: str) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from . import backend
 from ..store import REPORT_PATH, LoadEvents, ModelRepo
 from .onnx_info import onnx_output_names
-from .plan import select_dtypes
+from .plan import check_dtype_arg, select_dtypes
 
 __all__ = ["Loaded", "load_sessions", "ADAPTER_OVERRIDE"]
 
@@ -65,14 +65,14 @@ def _main_first(module: str, files: list[str]) -> list[str]:
 async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dtype="auto", device="auto",
                         strict: bool = False, max_bytes: int | None = None, progress_callback=None,
                         keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None) -> Loaded:
-    """Choose dtypes/device (see the module docstring), fetch the files and create one session per module."""
+    """Plan dtypes/device (``runtime.plan``), fetch the files and create one session per module (see the
+    module docstring)."""
+    request = check_dtype_arg(dtype)
     if adapter is None:
         adapter = ADAPTER_OVERRIDE if ADAPTER_OVERRIDE is not None else await backend.adapter_info()
     # the report only matters when some module may end up "auto" (a mapping can leave modules out)
-    report = None
-    if not isinstance(dtype, str) or dtype == "auto":  # None / mapping / "auto"
-        report = await repo.optional_json(REPORT_PATH)
-    plan = select_dtypes(repo.manifest, modules, dtype=dtype, device=device, adapter=adapter, strict=strict,
+    report = await repo.optional_json(REPORT_PATH) if request.may_be_auto else None
+    plan = select_dtypes(repo.manifest, modules, dtype=request, device=device, adapter=adapter, strict=strict,
                          max_bytes=max_bytes, report=report)
     if keep_on_device is not None:
         if not isinstance(keep_on_device, Mapping):

@@ -3,7 +3,7 @@
 ``select_dtypes(manifest, modules=None, dtype="auto", device="auto", adapter=..., strict=False,
 max_bytes=None, report=None)`` returns a ``Plan`` (device, {module: dtype}, warnings, files, bytes) or
 raises ``ValueError`` naming the problem and the valid choices. ``check_dtype_arg`` validates a ``dtype``
-argument before any I/O.
+argument once, before any I/O, into a ``DtypeRequest`` that the layers below pass on unchecked.
 
 Devices (``webformers.dtypes.DEVICES``): ``"webgpu"``, ``"wasm"`` or ``"auto"`` (WebGPU when the
 ``adapter`` has it, else wasm).
@@ -12,8 +12,9 @@ Dtypes (``webformers.dtypes.DTYPES``):
 
 - a name (``"q4"``) for every module, a mapping ``{module: dtype}`` (values may be ``"auto"``),
   ``"auto"``, or None (every module gets the device default);
-- modules a mapping leaves out get the device default: on wasm ``q8`` when the repo has it, else
-  ``fp32`` (as transformers.js does); on WebGPU ``fp32``; when the repo lacks the default, ``"auto"``;
+- modules a mapping leaves out get the device default (``dtypes.DEFAULT_DEVICE_DTYPES``): on wasm ``q8``
+  when the repo has it, else ``fp32`` (as transformers.js does); on WebGPU ``fp32``; when the repo lacks
+  the default, ``"auto"``;
 - ``"auto"``: per module the best-quality dtype that runs natively on the device (no CPU-only matmuls
   under WebGPU, no fp16 without ``shader-f16``) and, with ``max_bytes``, keeps the total download of the
   loaded modules within budget. Quality comes from the repo's ``quantization_report.json``
@@ -22,8 +23,8 @@ Dtypes (``webformers.dtypes.DTYPES``):
   WER, equal WERs by the smaller download); dtypes the report does not cover rank after measured ones, by
   bits (more bits first). ``quality_key`` is that ranking.
 
-Capability fallback: an fp16-family dtype on a WebGPU adapter without ``shader-f16`` is replaced by its
-``DType.fallback`` (fp16 -> fp32, q4f16 -> q4, ...) with a warning naming the replacement and the reason;
+Capability fallback (``dtypes.device_support``): an fp16-family dtype on a WebGPU adapter without
+``shader-f16`` is replaced by its ``DType.fallback`` (fp16 -> fp32, q4f16 -> q4, ...) with a warning naming the replacement and the reason;
 ``strict=True`` raises instead. q8/int8/uint8 under WebGPU come with a warning (their matmuls run on the
 CPU inside the WebGPU session). An explicitly requested WebGPU without an adapter falls back to wasm with
 a warning (``strict=True``: error).
@@ -34,10 +35,11 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, check_device, get_dtype
+from ..dtypes import DTYPES, check_device, default_dtype, device_support, get_dtype
 
-__all__ = ["Plan", "select_dtypes", "check_dtype_arg", "default_dtype", "quality_key"]
+__all__ = ["Plan", "DtypeRequest", "select_dtypes", "check_dtype_arg", "quality_key"]
 
 
 @dataclass
@@ -49,22 +51,6 @@ class Plan:
     warnings: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     bytes: int = 0
-
-
-def default_dtype(manifest, module: str, device: str) -> str:
-    """The dtype a module gets when nothing names one: see the module docstring."""
-    order = ("q8", "fp32") if device == "wasm" else ("fp32",)
-    for name in order:
-        if manifest.has(module, name):
-            return name
-    return "auto"
-
-
-def _runs_natively(dtype: str, device: str, features: set) -> bool:
-    d = get_dtype(dtype)
-    if device not in d.native_on:
-        return False
-    return device != "webgpu" or d.requires <= features
 
 
 def quality_key(report: dict | None, module: str, dtype: str):
@@ -83,40 +69,56 @@ def quality_key(report: dict | None, module: str, dtype: str):
 
 def _capability_fallback(manifest, module: str, dtype: str, features: set, strict: bool):
     """(dtype to use, warning or None) for ``dtype`` on a WebGPU adapter with ``features``."""
-    d = get_dtype(dtype)
-    missing = d.requires - features
-    if not missing:
+    support = device_support(dtype, "webgpu", features)
+    if not support.missing:
         return dtype, None
-    need = ", ".join(sorted(missing))
+    need = ", ".join(sorted(support.missing))
+    fallback = support.fallback
     if strict:
         raise ValueError(
             f"{module}: dtype {dtype!r} needs the WebGPU adapter feature {need}, which this adapter lacks "
-            f"(strict=True); use {d.fallback!r} or device='wasm'" if d.fallback else
+            f"(strict=True); use {fallback!r} or device='wasm'" if fallback else
             f"{module}: dtype {dtype!r} needs the WebGPU adapter feature {need}, which this adapter lacks")
-    seen = [dtype]
-    cur = d
-    while cur.requires - features:
-        if cur.fallback is None:
-            raise ValueError(f"{module}: dtype {cur.name!r} needs {need}, which the WebGPU adapter lacks, and has "
-                             f"no fallback dtype; use device='wasm'")
-        cur = get_dtype(cur.fallback)
-        seen.append(cur.name)
-    if not manifest.has(module, cur.name):
+    if fallback is None:
+        raise ValueError(f"{module}: dtype {dtype!r} needs {need}, which the WebGPU adapter lacks, and has "
+                         f"no fallback dtype; use device='wasm'")
+    if not manifest.has(module, fallback):
         raise ValueError(f"{module}: dtype {dtype!r} needs {need}, which the WebGPU adapter lacks, and its "
-                         f"fallback {cur.name!r} is not in the repo. " + manifest.missing_message(module, cur.name))
-    return cur.name, (f"{module}: {dtype} replaced by {cur.name}: the WebGPU adapter lacks {need} "
+                         f"fallback {fallback!r} is not in the repo. " + manifest.missing_message(module, fallback))
+    return fallback, (f"{module}: {dtype} replaced by {fallback}: the WebGPU adapter lacks {need} "
                       f"(needed for {dtype} arithmetic)")
 
 
-def check_dtype_arg(dtype):
-    """Validate a ``dtype`` argument before any I/O: a name, "auto", None or a {module: dtype} mapping
-    whose values are names or "auto". Returns it (a mapping as a dict)."""
+@dataclass(frozen=True)
+class DtypeRequest:
+    """A checked ``dtype`` argument (see ``check_dtype_arg``): ``every`` names one dtype (or "auto") for
+    every module; when it is None, ``per_module`` maps modules to a dtype or "auto" and the modules it
+    leaves out get the device default."""
+    every: str | None = None
+    per_module: Mapping = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def may_be_auto(self) -> bool:
+        """Whether some module may be chosen by quality (then the repo's quality report matters)."""
+        return self.every is None or self.every == "auto"
+
+    def as_arg(self):
+        """The request as a plain ``dtype`` argument: a name, "auto" or a {module: dtype} dict."""
+        return self.every if self.every is not None else dict(self.per_module)
+
+
+def check_dtype_arg(dtype) -> DtypeRequest:
+    """Validate a ``dtype`` argument, before any I/O: a name, "auto", None (every module gets the device
+    default) or a {module: dtype} mapping whose values are names or "auto". A ``DtypeRequest`` was checked
+    already and is returned as is, so passing it on does not check it again."""
+    if isinstance(dtype, DtypeRequest):
+        return dtype
     if dtype is None:
-        return {}
+        return DtypeRequest()
     if isinstance(dtype, str):
         if dtype != "auto":
             get_dtype(dtype)
-        return dtype
+        return DtypeRequest(every=dtype)
     if isinstance(dtype, Mapping):
         for k, v in dtype.items():
             if v != "auto":
@@ -124,7 +126,7 @@ def check_dtype_arg(dtype):
                     get_dtype(v)
                 except ValueError as e:
                     raise ValueError(f"module {k!r}: {e}") from None
-        return dict(dtype)
+        return DtypeRequest(per_module=MappingProxyType(dict(dtype)))
     raise ValueError(f"dtype must be a dtype name, a {{module: dtype}} mapping or 'auto', got {dtype!r}; "
                      f"valid dtypes: {', '.join(DTYPES)}")
 
@@ -161,15 +163,15 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         device = "wasm"
 
     # requested dtype per module (None: every module gets the device default, like an empty mapping)
-    dtype = check_dtype_arg(dtype)
-    if isinstance(dtype, str):
-        requested = {m: dtype for m in modules}
+    request = check_dtype_arg(dtype)
+    if request.every is not None:
+        requested = {m: request.every for m in modules}
     else:
-        bad = [k for k in dtype if k not in all_modules]
+        bad = [k for k in request.per_module if k not in all_modules]
         if bad:
             raise ValueError(f"dtype mapping names unknown module(s) {', '.join(map(repr, bad))}; "
                              f"the repo's modules: {', '.join(all_modules)}")
-        requested = {m: dtype.get(m, default_dtype(manifest, m, device)) for m in modules}
+        requested = {m: request.per_module.get(m, default_dtype(device, all_modules[m])) for m in modules}
 
     chosen: dict[str, str] = {}
     for m, d in requested.items():
@@ -183,7 +185,7 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
                 warnings.append(note)
             d = d2
             variant = manifest.variant(m, d)
-            if variant.get("cpu_matmul_on_webgpu", d in CPU_MATMUL_ON_WEBGPU):
+            if variant.get("cpu_matmul_on_webgpu", device_support(d, device, features).cpu_matmuls):
                 warnings.append(f"{m}: {d} matmuls (MatMulInteger) have no WebGPU kernel: they run on the CPU "
                                 f"inside the WebGPU session (slow); q4 runs natively")
         chosen[m] = d
@@ -197,7 +199,7 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         cands = {}
         for m in auto:
             have = list(all_modules[m])
-            native = [d for d in have if _runs_natively(d, device, features)]
+            native = [d for d in have if device_support(d, device, features).native]
             if not native:
                 raise ValueError(f"{m}: none of the repo's dtypes ({', '.join(have)}) runs natively on {device}; "
                                  f"name a dtype explicitly")
