@@ -1,7 +1,7 @@
 """`build.py bench`: webformers vs transformers.js in one headless Chromium session, plus native
 onnxruntime on CPython as the decode-speed limit.
 
-Every measurement is one load of ``bench.html`` (see web/bench.js) with the library, model, dtype,
+Every measurement is one load of ``bench.html`` (see web/bench/page.js) with the library, model, dtype,
 device, thread count, prompt ids and ``max_new_tokens`` in the query string. Per round and config the
 two libraries alternate (A/B in even rounds, B/A in odd ones); each gets a fresh browser context
 (empty Cache API: the *cold* run) and then a second page in that context (model files cached: the

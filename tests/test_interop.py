@@ -1,7 +1,7 @@
 """Interop: transformers.js (npm @huggingface/transformers, served from this site, no remote models)
 loads our converted model repos and its greedy output equals webformers' on the same variant.
 
-transformers.js runs in a worker of ``bench.html`` (web/bench.js) on the site's onnxruntime-web (the
+transformers.js runs in a worker of ``bench.html`` (web/bench/tjs-host.js) on the site's onnxruntime-web (the
 runtime webformers uses, so outputs must be identical token for token); webformers runs in the booted
 demo page. Which variants: every dtype of the repo's manifest that transformers.js has a name for, on
 the tiny model; the default dtype q4 (and q8) also on SmolLM2 when it is built.

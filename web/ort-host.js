@@ -1,13 +1,17 @@
 // onnxruntime-web in a worker of its own, started by worker.js before Pyodide boots.
 //
 // Sessions and the tensors Python does not read (the KV cache) live here; Python (in worker.js's
-// Pyodide) sends feeds and gets back the outputs it asked for (see pysrc/webformers/backend/_ortweb.py).
+// Pyodide) sends feeds and gets back the outputs it asked for (see pysrc/webformers/runtime/backend/_ortweb.py).
 // Being a separate thread, it can also create a model's sessions while Pyodide is still booting: a
 // "warm start" replays the last load of a model on this origin from the Cache API (files checked
 // against their sha256 first), and Python adopts those sessions when it asks for the same files.
 //
-// Requests: {id, op, ...args} -> {id, ok, value | error}. Ops: init, create, run, release, dispose,
-// warmStart, adopt, dropWarm, remember, probe.
+// An RPC server (rpc.js) with the methods init(threads, base, hooks), create(model, external, options),
+// run(sid, feeds, fetch, free), release(refs), dispose(sid), warmStart(model), adopt(key), dropWarm(),
+// remember(model, module, plan). init comes first; every other request waits for it. `hooks`: the URL
+// of a module whose `installOrtHooks({server, ort})` runs once onnxruntime-web is imported, before any
+// session exists (the benchmark's probes, web/bench/probe.js).
+import { RpcServer, withTransfer } from "./rpc.js";
 import { sha256Hex } from "./sha256.js";
 
 let ort = null;
@@ -28,7 +32,7 @@ function sessionInfo(s) {
   return { inputNames: [...s.inputNames], outputNames: [...s.outputNames], inputMetadata: meta };
 }
 
-async function create({ model, external, options }) {
+async function create(model, external, options) {
   const opts = { ...options };
   if (external && external.length) opts.externalData = external;
   const s = await serial(() => ort.InferenceSession.create(model, opts));
@@ -45,7 +49,7 @@ function free(refs) {
   }
 }
 
-async function run({ sid, feeds, fetch, free: refs }) {
+async function run(sid, feeds, fetch, refs) {
   free(refs);
   const s = sessions.get(sid);
   if (!s) throw new Error(`session ${sid} was disposed`);
@@ -77,10 +81,10 @@ async function run({ sid, feeds, fetch, free: refs }) {
       outputs[name] = { ref, type: t.type, dims: [...t.dims], location: t.location };
     }
   }
-  return { value: { outputs, ms }, transfer };
+  return withTransfer({ outputs, ms }, transfer);
 }
 
-function dispose({ sid }) {
+function dispose(sid) {
   const s = sessions.get(sid);
   sessions.delete(sid);
   if (s) return serial(() => s.release());
@@ -99,7 +103,7 @@ async function readPlan(cache, model) {
   }
 }
 
-async function remember({ model, module, plan }) {
+async function remember(model, module, plan) {
   const cache = await caches.open(WARM_CACHE);
   const all = (await readPlan(cache, model)) || { model, modules: {} };
   all.modules[module] = plan;
@@ -123,13 +127,13 @@ async function warmOne(entry) {
       datas.push(bytes);
     }
     const external = entry.files.slice(1).map((f, i) => ({ path: f.path, data: datas[i + 1] }));
-    return await create({ model: datas[0], external, options: entry.options });
+    return await create(datas[0], external, entry.options);
   } catch (e) {
     return null;  // the regular load reports whatever is wrong
   }
 }
 
-async function warmStart({ model }) {
+async function warmStart(model) {
   const plan = await readPlan(await caches.open(WARM_CACHE), model);
   if (!plan) return 0;
   const entries = Object.values(plan.modules);
@@ -137,7 +141,7 @@ async function warmStart({ model }) {
   return entries.length;
 }
 
-async function adopt({ key }) {
+async function adopt(key) {
   const p = warm.get(key);
   if (!p) return null;
   warm.delete(key);
@@ -147,39 +151,29 @@ async function adopt({ key }) {
 async function dropWarm() {
   const left = [...warm.values()];
   warm.clear();
-  for (const r of await Promise.all(left)) if (r) await dispose({ sid: r.sid });
+  for (const r of await Promise.all(left)) if (r) await dispose(r.sid);
   return left.length;
 }
 
 // ---- boot
-async function init({ threads, base, probe }) {
+async function init(threads, base, hooks) {
   ort = await import(new URL("ort/ort.webgpu.min.mjs", base).href);
   ort.env.wasm.wasmPaths = new URL("ort/", base).href;
   ort.env.wasm.numThreads = threads;
   ort.env.logLevel = "error";
-  if (probe) {  // the benchmark's probes (web/bench-probe.js), from this origin only
-    const url = new URL(probe, base);
-    if (url.origin !== self.location.origin) throw new Error(`probe ${probe} is not on this origin`);
-    (await import(url.href)).installOrtProbe(ort);
-  }
+  if (hooks) (await import(hooks)).installOrtHooks({ server, ort });
   return { threads: ort.env.wasm.numThreads, version: ort.env.versions ? ort.env.versions.web || ort.env.versions.common : "" };
 }
 
-const ops = { create, run, release: async ({ refs }) => free(refs), dispose, warmStart, adopt, dropWarm, remember,
-              probe: async () => (self.__benchOrtReport ? self.__benchOrtReport() : null) };
-
-let ready = null;  // the init request; every other request waits for it
-self.onmessage = async (ev) => {
-  const { id, op, ...args } = ev.data;
-  try {
-    if (op === "init") ready = init(args);
-    if (!ready) throw new Error("onnxruntime-web was not initialised");
-    const started = await ready;
-    if (!(op in ops) && op !== "init") throw new Error(`unknown request ${op}`);
-    const out = op === "init" ? started : await ops[op](args);
-    if (out && out.transfer) postMessage({ id, ok: true, value: out.value }, out.transfer);
-    else postMessage({ id, ok: true, value: out === undefined ? null : out });
-  } catch (e) {
-    postMessage({ id, ok: false, error: String(e && e.message || e) });
-  }
+let ready = null;  // the init request
+const afterInit = (fn) => async (...args) => {
+  if (!ready) throw new Error("onnxruntime-web was not initialised");
+  await ready;
+  return fn(...args);
 };
+const server = new RpcServer(self, {
+  init: (...args) => (ready = init(...args)),
+  ...Object.fromEntries(Object.entries({
+    create, run, release: free, dispose, warmStart, adopt, dropWarm, remember,
+  }).map(([name, fn]) => [name, afterInit(fn)])),
+});

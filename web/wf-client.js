@@ -6,8 +6,15 @@
 //   While Pyodide boots, onnxruntime (in its own worker) creates the sessions of the last variant of that
 //   model this origin loaded, from the Cache API (files checked against their sha256); the load adopts
 //   them if it asks for the same files, else they are freed. Nothing happens on a first visit.
+// - `hooks`: the URL (this origin) of a module installed in both workers before anything loads: its
+//   `installWorkerHooks({server, ort})` in the Python worker, its `installOrtHooks({server, ort})` in
+//   onnxruntime's (see worker.js); they may register RPC methods, which `call(method, args)` reaches.
+//   The benchmark's probes (bench/probe.js) are such a module.
+import { RpcCaller } from "./rpc.js";
+
 export class WebformersClient extends EventTarget {
-  constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null, warmStart = null } = {}) {
+  constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null, warmStart = null,
+                hooks = null } = {}) {
     super();
     workerUrl = new URL(workerUrl);
     if (threads !== null) {
@@ -18,70 +25,72 @@ export class WebformersClient extends EventTarget {
       if (typeof warmStart !== "string" || !warmStart) throw new Error(`warmStart must be a model id string, got ${warmStart}`);
       workerUrl.searchParams.set("warm", warmStart);
     }
+    if (hooks !== null) {
+      const url = new URL(hooks, self.location.href);
+      if (url.origin !== self.location.origin) throw new Error(`hooks must be a module on this origin, got ${hooks}`);
+      workerUrl.searchParams.set("hooks", url.href);
+    }
     this.events = [];
     this.timings = null;
     this.bootError = null;
-    this._next = 1;
-    this._pending = new Map();
     this.worker = new Worker(workerUrl, { type: "module" });
-    // Shared with the worker (cross-origin isolated pages only; elsewhere the "cancel" message does it):
+    this._rpc = new RpcCaller(this.worker);
+    // Shared with the worker (cross-origin isolated pages only; elsewhere the "stop" message does it):
     // [0] Stop — the worker reads it before every decode step, so a Stop reaches a busy generation loop
     //     at once instead of after the worker's queued messages;
     // [1] streamed pieces this page has handled — the worker stays at most one piece ahead of it, so
     //     text generated before a Stop cannot pile up in the message queue and keep streaming after it.
     this._shared = self.crossOriginIsolated ? new Int32Array(new SharedArrayBuffer(8)) : null;
     this._piecesHandled = 0;
-    if (this._shared) this.worker.postMessage({ type: "cancel-flag", flag: this._shared });
-    this.ready = new Promise((resolve, reject) => { this._boot = { resolve, reject }; });
-    this.ready.catch(() => {});
-    this.worker.onmessage = (ev) => this._onMessage(ev.data);
+    if (this._shared) this.worker.postMessage({ type: "stop-and-pieces", shared: this._shared });
+    this.worker.addEventListener("message", (ev) => {
+      if (ev.data && ev.data.type === "event") this._onEvent(ev.data.event);
+    });
+    let booting = true;
+    // a script that fails to load or run while booting fails the boot (later errors are the console's)
     this.worker.onerror = (ev) => {
-      const message = `worker failed to start: ${ev.message || "script error"} (${ev.filename || "worker.js"})`;
-      this.bootError = message;
-      this._boot.reject(new Error(message));
-      this.dispatchEvent(new CustomEvent("boot-error", { detail: message }));
+      if (booting) this._rpc.fail(`worker failed to start: ${ev.message || "script error"} (${ev.filename || "worker.js"})`);
     };
+    this.ready = this._rpc.call("ready").then((timings) => {
+      booting = false;
+      this.timings = timings;
+      this.dispatchEvent(new CustomEvent("boot", { detail: timings }));
+      return timings;
+    }, (e) => {
+      booting = false;
+      this.bootError = e.message;
+      this.dispatchEvent(new CustomEvent("boot-error", { detail: e.message }));
+      throw e;
+    });
+    this.ready.catch(() => {});
   }
 
-  _onMessage(msg) {
-    if (msg.type === "boot") {
-      this.timings = msg.timings;
-      this._boot.resolve(msg.timings);
-      this.dispatchEvent(new CustomEvent("boot", { detail: msg.timings }));
-    } else if (msg.type === "boot-error") {
-      this.bootError = msg.message;
-      this._boot.reject(new Error(msg.message));
-      this.dispatchEvent(new CustomEvent("boot-error", { detail: msg.message }));
-    } else if (msg.type === "event") {
-      // keep load/warning events for inspection; streamed tokens are only dispatched
-      if (msg.event && msg.event.status !== "token") {
-        this.events.push(msg.event);
-        if (this.events.length > 5000) this.events.splice(0, this.events.length - 5000);
-      }
-      this.dispatchEvent(new CustomEvent("wf-event", { detail: msg.event }));
-      if (this._shared && msg.event && msg.event.status === "token") {
-        // after the listeners ran (a Stop clicked in one of them is already set)
-        Atomics.store(this._shared, 1, ++this._piecesHandled);
-        Atomics.notify(this._shared, 1);
-      }
-    } else if (msg.type === "result") {
-      const p = this._pending.get(msg.id);
-      this._pending.delete(msg.id);
-      if (p) msg.ok ? p.resolve(msg.value) : p.reject(new Error(msg.error));
+  _onEvent(event) {
+    // keep load/warning events for inspection; streamed tokens are only dispatched
+    if (event && event.status !== "token") {
+      this.events.push(event);
+      if (this.events.length > 5000) this.events.splice(0, this.events.length - 5000);
+    }
+    this.dispatchEvent(new CustomEvent("wf-event", { detail: event }));
+    if (this._shared && event && event.status === "token") {
+      // after the listeners ran (a Stop clicked in one of them is already set)
+      Atomics.store(this._shared, 1, ++this._piecesHandled);
+      Atomics.notify(this._shared, 1);
     }
   }
 
   /** Run Python in the worker (top-level await allowed); resolves to the last expression's value. */
   runPython(code) {
-    const id = this._next++;
-    return new Promise((resolve, reject) => {
-      this._pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, type: "run", code });
-    });
+    return this._rpc.call("runPython", [code]);
+  }
+
+  /** A request to the worker's RPC server: `runPython`, or a method a `?hooks=` module registered. */
+  call(method, args = []) {
+    return this._rpc.call(method, args);
   }
 
   cancel() {
     if (this._shared) Atomics.store(this._shared, 0, 1);
-    else this.worker.postMessage({ type: "cancel" });
+    else this.worker.postMessage({ type: "stop" });
   }
 }

@@ -1,12 +1,21 @@
-// The webformers worker: hosts Pyodide + onnxruntime-web so the page's main thread never blocks.
+// The webformers worker: hosts Pyodide so the page's main thread never blocks; onnxruntime-web runs in
+// a worker of its own (ort-host.js) that this one starts first.
 //
-// Protocol (page -> worker): {id, type: "run", code}   run Python (top-level await allowed)
-//                            {type: "cancel"}           set the cancel flag read by generation
-//                            {type: "cancel-flag", flag} a shared Int32Array: [0] Stop, [1] pieces handled
-// (worker -> page):          {type: "boot", timings} | {type: "boot-error", message}
-//                            {id, type: "result", ok, value | error}
-//                            {type: "event", event}     progress / warning / stream events from Python
+// An RPC server (rpc.js) for the page (wf-client.js) with the methods
+//   ready()          -> the boot timings, once booted (rejects with the boot error)
+//   runPython(code)  -> the value of the code's last expression (top-level await allowed)
+// Other messages from the page: {type: "stop"} (the Stop button on a page that is not cross-origin
+// isolated) and {type: "stop-and-pieces", shared} (an Int32Array on a SharedArrayBuffer: [0] Stop,
+// [1] streamed pieces the page handled). To the page: {type: "event", event}, the progress / warning /
+// stream events from Python.
+//
+// Query string: ?threads=N (onnxruntime-web's WASM threads), ?warm=<model id> (warm start), and
+// ?hooks=<module> (same origin): a module whose `installWorkerHooks({server, ort, pyodide})` runs once
+// Pyodide has booted, before ready() answers (`server`: this worker's RPC server, `ort`: the RpcCaller
+// of onnxruntime's worker) and whose `installOrtHooks` runs in onnxruntime's worker (see ort-host.js).
+// The benchmark's probes use it (web/bench/probe.js); a page without ?hooks runs none of it.
 import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { RpcCaller, RpcServer } from "./rpc.js";
 import { sha256Hex } from "./sha256.js";
 
 const base = new URL("./", import.meta.url);
@@ -16,46 +25,39 @@ const requestedThreads = Number(params.get("threads")) || 0;
 const allThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
 const ortThreads = requestedThreads ? Math.min(requestedThreads, allThreads) : allThreads;
 
+const hooksUrl = (() => {
+  const spec = params.get("hooks");
+  if (!spec) return null;
+  const url = new URL(spec, base);
+  if (url.origin !== self.location.origin) throw new Error(`hooks module ${spec} is not on this origin`);
+  return url.href;
+})();
+
 // onnxruntime-web runs in its own worker (ort-host.js), started first: it loads while Pyodide boots and,
 // with ?warm=<model id> (WebformersClient's `warmStart`), creates that model's sessions meanwhile.
 const host = new Worker(new URL("./ort-host.js", import.meta.url), { type: "module" });
-const hostPending = new Map();
-let hostNext = 1;
-let hostFailed = null;
-host.onmessage = (ev) => {
-  const m = ev.data;
-  const p = hostPending.get(m.id);
-  hostPending.delete(m.id);
-  if (p) m.ok ? p.resolve(m.value) : p.reject(new Error(m.error));
-};
-host.onerror = (ev) => {
-  hostFailed = `the onnxruntime worker failed: ${ev.message || "script error"}`;
-  for (const p of hostPending.values()) p.reject(new Error(hostFailed));
-  hostPending.clear();
-};
-function hostCall(op, args = {}, transfer = []) {
-  if (hostFailed) return Promise.reject(new Error(hostFailed));
-  const id = hostNext++;
-  return new Promise((resolve, reject) => {
-    hostPending.set(id, { resolve, reject });
-    host.postMessage({ id, op, ...args }, transfer);
-  });
-}
-const ortReady = hostCall("init", { threads: ortThreads, base: base.href, probe: params.get("probe") });
+const ortRpc = new RpcCaller(host);
+host.onerror = (ev) => ortRpc.fail(`the onnxruntime worker failed: ${ev.message || "script error"}`);
+const ortReady = ortRpc.call("init", [ortThreads, base.href, hooksUrl]);
 ortReady.catch(() => {});
 const warmModel = params.get("warm");
-const warmStarted = warmModel ? hostCall("warmStart", { model: warmModel }) : Promise.resolve(0);
+const warmStarted = warmModel ? ortRpc.call("warmStart", [warmModel]) : Promise.resolve(0);
 warmStarted.catch(() => {});
 let ortInfo = null;
 
 let cancelled = false;
 // Int32Array on a SharedArrayBuffer shared with wf-client.js: [0] Stop, [1] streamed pieces the page handled
 let shared = null;
+self.addEventListener("message", (ev) => {
+  const m = ev.data;
+  if (m && m.type === "stop") cancelled = true;
+  else if (m && m.type === "stop-and-pieces") shared = m.shared;
+});
 let piecesPosted = 0;
 const PAGE_LAG_LIMIT_MS = 1000;
 const post = (msg) => self.postMessage(msg);
 
-// Small helpers Python calls through `js.wfBridge` (see pysrc/webformers/backend/_ortweb.py).
+// Small helpers Python calls through `js.wfBridge` (see pysrc/webformers/runtime/backend/_ortweb.py).
 self.wfBridge = {
   emit(event) {
     const e = event && typeof event.toJs === "function"
@@ -102,7 +104,7 @@ function waitForPage(posted) {
   }
 }
 
-// What Python calls through `js.wfOrt` (see pysrc/webformers/backend/_ortweb.py): requests to ort-host.js.
+// What Python calls through `js.wfOrt` (see pysrc/webformers/runtime/backend/_ortweb.py): requests to ort-host.js.
 // Array data is copied out of the Python heap once and transferred; metadata crosses back as JSON.
 const wholeBuffer = (a) => a.byteOffset === 0 && a.byteLength === a.buffer.byteLength;
 self.wfOrt = {
@@ -115,7 +117,7 @@ self.wfOrt = {
                       "file?): load a model once and share it");
     }
     const transfer = [model, ...ext.map((e) => e.data)].filter(wholeBuffer).map((a) => a.buffer);
-    const r = await hostCall("create", { model, external: ext, options: JSON.parse(optionsJson) }, transfer);
+    const r = await ortRpc.call("create", [model, ext, JSON.parse(optionsJson)], transfer);
     return JSON.stringify(r);
   },
   // spec: JSON {sid, refs: {name: ref}, arrays: [[name, type, dims]], fetch, free}; arrays: numpy PyProxies
@@ -131,7 +133,7 @@ self.wfOrt = {
       feeds[name] = { type, data, dims };
       transfer.push(data.buffer);
     });
-    const r = await hostCall("run", { sid: spec.sid, feeds, fetch: spec.fetch, free: spec.free }, transfer);
+    const r = await ortRpc.call("run", [spec.sid, feeds, spec.fetch, spec.free], transfer);
     const meta = [];
     const data = [];
     for (const [name, o] of Object.entries(r.outputs)) {
@@ -140,13 +142,12 @@ self.wfOrt = {
     }
     return { meta: JSON.stringify({ outputs: meta, ms: r.ms }), data };
   },
-  release: (refs) => hostCall("release", { refs: Array.from(refs) }),
-  dispose: (sid) => hostCall("dispose", { sid }),
-  adopt: async (key) => JSON.stringify(await hostCall("adopt", { key })),
-  dropWarm: () => hostCall("dropWarm"),
-  remember: (model, module, planJson) => hostCall("remember", { model, module, plan: JSON.parse(planJson) }),
+  release: (refs) => ortRpc.call("release", [Array.from(refs)]),
+  dispose: (sid) => ortRpc.call("dispose", [sid]),
+  adopt: async (key) => JSON.stringify(await ortRpc.call("adopt", [key])),
+  dropWarm: () => ortRpc.call("dropWarm"),
+  remember: (model, module, planJson) => ortRpc.call("remember", [model, module, JSON.parse(planJson)]),
   info: () => ortInfo,
-  benchReport: () => hostCall("probe"),
 };
 
 async function fetchVerified(url, sha256, what) {
@@ -242,6 +243,7 @@ assert backend.IN_BROWSER and backend.backend_name == "onnxruntime-web"
   t.ort_threads = ortInfo.threads;
   t.warm_start_modules = await warmStarted.catch(() => 0);
   t.pyodide_version = pyodide.version;
+  if (hooksUrl) (await import(hooksUrl)).installWorkerHooks({ server, ort: ortRpc, pyodide });
   return t;
 }
 
@@ -254,24 +256,16 @@ function toJs(value) {
   return value;
 }
 
-const booted = boot().then(
-  (timings) => { post({ type: "boot", timings }); return true; },
-  (err) => { post({ type: "boot-error", message: String(err && err.message || err) }); return false; },
-);
-
-self.onmessage = async (ev) => {
-  const msg = ev.data;
-  if (msg.type === "cancel") { cancelled = true; return; }
-  if (msg.type === "cancel-flag") { shared = msg.flag; return; }
-  if (msg.type !== "run") return;
-  if (!(await booted)) {
-    post({ id: msg.id, type: "result", ok: false, error: "webformers did not boot" });
-    return;
-  }
-  try {
-    const value = toJs(await pyodide.runPythonAsync(msg.code));
-    post({ id: msg.id, type: "result", ok: true, value });
-  } catch (e) {
-    post({ id: msg.id, type: "result", ok: false, error: String(e && e.message || e) });
-  }
-};
+const server = new RpcServer(self, {
+  ready: () => booted,
+  async runPython(code) {
+    try {
+      await booted;
+    } catch (e) {
+      throw new Error("webformers did not boot");
+    }
+    return toJs(await pyodide.runPythonAsync(code));
+  },
+});
+const booted = boot();
+booted.catch(() => {});  // reported by ready()

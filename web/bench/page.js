@@ -1,149 +1,18 @@
-// Benchmark page (bench.html) and, when loaded as a module worker, the transformers.js host.
-//
-// Page: one measured run per page load, configured by the query string
+// The benchmark page (bench.html): one measured run per page load, configured by the query string
 //   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1|default&max_new_tokens=32
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
 //    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
 //    &encode_url=URL (after generating: time encoding that text, the tokenizer benchmark)
 // window.benchResult is set to {ok: true, ...figures} or {ok: false, error} when the run ends.
 // All times are taken on the page's clock (performance.now(), ms since navigation start) for both
-// libraries, each running in its own dedicated worker, so message latency is the same on both sides.
+// libraries, each running in its own dedicated worker, so message latency is the same on both sides:
+// webformers' worker with the probes of bench/probe.js installed as its hooks, transformers.js in
+// bench/tjs-host.js.
+import { RpcCaller } from "../rpc.js";
+import { WebformersClient } from "../wf-client.js";
 
-const IS_WORKER = typeof document === "undefined";
-
-import { MEMORY_PROBE, RUN_PROBE } from "./bench-probe.js";
-
-// ------------------------------------------------------------------------------------------ worker
-async function workerMain() {
-  (0, eval)(MEMORY_PROBE);
-  const base = new URL("./", import.meta.url);
-  let T = null;
-  let tokenizer = null;
-  let model = null;
-  const post = (m) => self.postMessage(m);
-
-  // ort = "bundled": transformers.js as shipped (its bundle carries the onnxruntime-web JS of the
-  // version it pins, with that version's wasm from vendor/transformers/);
-  // ort = "site": transformers.js's unbundled web build wired to the site's onnxruntime-web (the one
-  // webformers uses), so both libraries run the very same runtime.
-  async function init({ threads, ort }) {
-    let wasmDir;
-    if (ort === "site") {
-      const ortUrl = new URL("ort/ort.webgpu.min.mjs", base).href;
-      const resp = await fetch(new URL("vendor/transformers/transformers.web.min.js", base));
-      if (!resp.ok) throw new Error(`vendor/transformers/transformers.web.min.js: HTTP ${resp.status}`);
-      const src = (await resp.text()).replace(/from\s*"onnxruntime-(web\/webgpu|common)"/g, `from"${ortUrl}"`);
-      if (src.includes('"onnxruntime-')) throw new Error("transformers.web.min.js has an onnxruntime import this page cannot map");
-      const blobUrl = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
-      T = await import(blobUrl);
-      (0, eval)(RUN_PROBE)(await import(ortUrl));
-      wasmDir = "ort/";
-    } else if (ort === "bundled") {
-      T = await import("./vendor/transformers/transformers.min.js");
-      wasmDir = "vendor/transformers/";
-    } else {
-      throw new Error(`ort must be bundled or site, got ${JSON.stringify(ort)}`);
-    }
-    const { env } = T;
-    env.allowRemoteModels = false;
-    env.allowLocalModels = true;
-    // a path, not a URL: transformers.js treats an http(s) URL here as remote and skips it
-    env.localModelPath = new URL("models/", base).pathname;
-    env.useBrowserCache = true;
-    const onnx = env.backends.onnx;
-    onnx.wasm.wasmPaths = {
-      mjs: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.mjs`, base).href,
-      wasm: new URL(`${wasmDir}ort-wasm-simd-threaded.asyncify.wasm`, base).href,
-    };
-    if (threads) onnx.wasm.numThreads = threads;  // else onnxruntime-web's own default
-    onnx.wasm.proxy = false;
-    self.__benchOnnxEnv = onnx;
-    return { version: env.version, ort: ort,
-             ort_version: onnx.versions ? onnx.versions.web || onnx.versions.common : "" };
-  }
-
-  // tokenizer and model load concurrently, as in webformers' pipeline(); each part is timed to its own end
-  async function load({ model: id, dtype, device }) {
-    const t0 = performance.now();
-    const timed = async (p) => { const v = await p; return [v, performance.now() - t0]; };
-    const [[tok, tokenizer_ms], [m, model_ms]] = await Promise.all([
-      timed(T.AutoTokenizer.from_pretrained(id)), timed(T.AutoModelForCausalLM.from_pretrained(id, { dtype, device }))]);
-    tokenizer = tok;
-    model = m;
-    return { num_threads: self.__benchOnnxEnv.wasm.numThreads, tokenizer_ms, model_ms };
-  }
-
-  async function generate({ ids, prompt, max_new_tokens }) {
-    if (self.__benchRuns) self.__benchRuns.length = 0;
-    if (!ids) ids = Array.from(tokenizer.encode(prompt));
-    const n = ids.length;
-    const input_ids = new T.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]);
-    const attention_mask = new T.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
-    let text = "";
-    const streamer = new T.TextStreamer(tokenizer, {
-      skip_prompt: true,
-      skip_special_tokens: true,
-      callback_function: (t) => { text += t; },
-      token_callback_function: () => post({ type: "token" }),
-    });
-    post({ type: "prompt", n });
-    const out = await model.generate({
-      input_ids, attention_mask, max_new_tokens, min_new_tokens: 0, do_sample: false, streamer,
-    });
-    const all = Array.from(out.data, Number);
-    return { ids: all.slice(n), prompt_ids: ids, text, ort_run_ms: self.__benchRuns ? [...self.__benchRuns] : null };
-  }
-
-  // One forward pass the way transformers.js runs a plain model call (it feeds num_logits_to_keep=0,
-  // "all positions", there; generate() feeds 1): logits shape and the argmax of each position.
-  async function forward({ ids }) {
-    const n = ids.length;
-    const input_ids = new T.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, n]);
-    const attention_mask = new T.Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
-    const { logits } = await model({ input_ids, attention_mask });
-    const [, rows, vocab] = logits.dims;
-    const data = logits.data;
-    const argmax = [];
-    for (let r = 0; r < rows; r++) {
-      let best = 0;
-      for (let v = 1; v < vocab; v++) if (data[r * vocab + v] > data[r * vocab + best]) best = v;
-      argmax.push(best);
-    }
-    return { dims: logits.dims, argmax, input_names: model.sessions.model.inputNames };
-  }
-
-  async function encode({ text }) {
-    return Array.from(tokenizer.encode(text));
-  }
-
-  // the tokenizer benchmark: encode a fetched text twice (cold, then with the per-word caches warm)
-  async function encodeBench({ url }) {
-    const text = await (await fetch(url)).text();
-    let t0 = performance.now();
-    const ids = tokenizer.encode(text, { add_special_tokens: false });
-    const cold_ms = performance.now() - t0;
-    t0 = performance.now();
-    tokenizer.encode(text, { add_special_tokens: false });
-    return { cold_ms, warm_ms: performance.now() - t0, tokens: ids.length, ids: Array.from(ids) };
-  }
-
-  const handlers = { init, load, generate, forward, encode, encodeBench, memory: async () => self.__benchMemReport(),
-                     runs: async () => self.__benchRuns || null };
-  self.onmessage = async (ev) => {
-    const { id, type, args } = ev.data;
-    try {
-      post({ id, type: "result", ok: true, value: await handlers[type](args || {}) });
-    } catch (e) {
-      post({ id, type: "result", ok: false, error: String(e && e.stack || e) });
-    }
-  };
-  post({ type: "alive" });
-}
-
-// ------------------------------------------------------------------------------------------ page
 const PY_LOAD = (a) => `
 import js, json
-js.eval(${JSON.stringify(MEMORY_PROBE)})
 from webformers import AutoModelForCausalLM, AutoTokenizer
 _a = json.loads(${JSON.stringify(JSON.stringify(a))})
 import asyncio, time as _time
@@ -181,12 +50,11 @@ class _BenchStreamer:
         self.inner.end()
 
 _s = _BenchStreamer()
-await js.wfOrt.benchReport()  # clears the onnxruntime worker's run times
 js.wfBridge.emit({"status": "bench-prompt", "n": len(_ids)})
 _out = await bench_model.generate(list(_ids), max_new_tokens=_a["max_new_tokens"], do_sample=False, streamer=_s)
 _st = dict(bench_model.last_generation_stats or {})
 {"ids": [int(x) for x in _out[0, len(_ids):]], "prompt_ids": [int(x) for x in _ids], "text": "".join(_s.text),
- "stats": _st, "ort_run_ms": [float(x) for x in (await js.wfOrt.benchReport()).runs]}
+ "stats": _st}
 `;
 
 const PY_ENCODE = (url) => `
@@ -200,45 +68,30 @@ bench_tok.encode(_text, add_special_tokens=False)
 {"cold_ms": _cold, "warm_ms": (time.perf_counter() - _t0) * 1000, "tokens": len(_ids), "ids": [int(i) for i in _ids]}
 `;
 
-// Pyodide's heap (instantiated before the probe) plus what the onnxruntime worker's probe saw
-const PY_MEMORY = `
-import js, pyodide_js
-_mine = js.__benchMemReport(pyodide_js._module.HEAP8.length).to_py()
-_ort = (await js.wfOrt.benchReport()).to_py()
-{**_mine, "wasm_bytes": _mine["wasm_bytes"] + _ort["wasm_bytes"],
- "wasm_memories": _mine["wasm_memories"] + _ort["wasm_memories"],
- "gpu_peak_bytes": _ort["gpu_peak_bytes"], "gpu_live_bytes": _ort["gpu_live_bytes"]}
-`;
-
+/** The page's side of bench/tjs-host.js: `alive` once it listens, `call(method, args)`, token callbacks. */
 class TjsWorker {
   constructor() {
-    this.worker = new Worker(new URL("./bench.js", import.meta.url), { type: "module" });
-    this.next = 1;
-    this.pending = new Map();
+    this.worker = new Worker(new URL("./tjs-host.js", import.meta.url), { type: "module" });
+    this.rpc = new RpcCaller(this.worker);
     this.onToken = null;
     this.onPrompt = null;
     this.alive = new Promise((resolve, reject) => {
-      this.worker.onerror = (e) => reject(new Error(`transformers.js worker failed: ${e.message || e}`));
+      this.worker.onerror = (e) => {
+        const message = `transformers.js worker failed: ${e.message || e}`;
+        this.rpc.fail(message);
+        reject(new Error(message));
+      };
       this._alive = resolve;
     });
-    this.worker.onmessage = (ev) => {
+    this.worker.addEventListener("message", (ev) => {
       const m = ev.data;
       if (m.type === "alive") this._alive();
       else if (m.type === "token") this.onToken && this.onToken();
       else if (m.type === "prompt") this.onPrompt && this.onPrompt(m.n);
-      else if (m.type === "result") {
-        const p = this.pending.get(m.id);
-        this.pending.delete(m.id);
-        m.ok ? p.resolve(m.value) : p.reject(new Error(m.error));
-      }
-    };
-  }
-  call(type, args) {
-    const id = this.next++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, type, args });
     });
+  }
+  call(method, args) {
+    return this.rpc.call(method, [args || {}]);
   }
 }
 
@@ -265,10 +118,9 @@ export async function runBench(cfg, log = () => {}) {
   let tGen = 0;
   let lib;
   if (cfg.lib === "webformers") {
-    const { WebformersClient } = await import("./wf-client.js");
-    // the onnxruntime worker installs bench-probe.js (memory, run times); warm start for the model we load
-    const workerUrl = new URL("./worker.js?probe=bench-probe.js", import.meta.url);
-    const wf = new WebformersClient({ workerUrl, warmStart: cfg.model, ...(cfg.threads ? { threads: cfg.threads } : {}) });
+    // both workers install bench/probe.js (memory, run times); warm start for the model we load
+    const wf = new WebformersClient({ hooks: new URL("./probe.js", import.meta.url).href, warmStart: cfg.model,
+                                      ...(cfg.threads ? { threads: cfg.threads } : {}) });
     window.wf = wf;
     wf.addEventListener("wf-event", (e) => {
       if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());
@@ -282,13 +134,15 @@ export async function runBench(cfg, log = () => {}) {
     r.load_ms = performance.now() - t0;
     if (cfg.generate !== false) {
       log("generating…");
+      await wf.call("benchOrtRuns");  // clears the run times of the load
       tGen = performance.now();
       const g = await wf.runPython(PY_GENERATE(cfg));
       r.gen_ms = performance.now() - tGen;
-      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms: g.ort_run_ms });
+      const ort_run_ms = await wf.call("benchOrtRuns");
+      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms });
       if (cfg.encode_url) r.encode = await wf.runPython(PY_ENCODE(cfg.encode_url));
     }
-    r.memory = { ...await wf.runPython(PY_MEMORY), ...await pageMemory() };
+    r.memory = { ...await wf.call("benchMemory"), ...await pageMemory() };
     wf.worker.terminate();
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
   } else if (cfg.lib === "transformers.js") {
@@ -420,5 +274,4 @@ async function pageMain() {
   }
 }
 
-if (IS_WORKER) workerMain();
-else pageMain();
+pageMain();
