@@ -93,6 +93,29 @@ def test_thread_count_is_a_boot_option(shared_page):
     assert got["isolated"] and default == min(4, got["cores"]), (default, got)
 
 
+def test_hooks_module_adds_rpc_methods(shared_page):
+    """The demo page's worker answers ready/runPython only; a same-origin hooks module (the benchmark's
+    probes) adds methods in both workers, reached with call(); another origin's module is refused."""
+    got = shared_page.evaluate("""async () => {
+      let plain = null;
+      try { await window.wf.call("benchMemory"); } catch (e) { plain = String(e.message); }
+      const { WebformersClient } = await import("./wf-client.js");
+      let foreign = null;
+      try { new WebformersClient({ hooks: "https://example.com/hooks.js" }); } catch (e) { foreign = String(e.message); }
+      const c = new WebformersClient({ hooks: "bench/probe.js", threads: 1 });
+      await c.ready;
+      const runs = await c.call("benchOrtRuns");
+      const memory = await c.call("benchMemory");
+      c.worker.terminate();
+      return { plain, foreign, runs, memory };
+    }""")
+    assert got["plain"] == "unknown method benchMemory; valid: ready, runPython", got
+    assert got["foreign"] == "hooks must be a module on this origin, got https://example.com/hooks.js", got
+    assert got["runs"] == []
+    # Pyodide's heap (onnxruntime instantiates its wasm with the first session)
+    assert got["memory"]["wasm_memories"] >= 1 and got["memory"]["wasm_bytes"] > 0, got
+
+
 @pytest.mark.parametrize("device", ["wasm", "webgpu"])
 def test_bridge_matches_cpython_onnxruntime(shared_page, nbits_model, device):
     path, url = nbits_model
