@@ -5,7 +5,7 @@ __all__ = ["RetryableError", "QuotaError"]
 
 
 class RetryableError(Exception):
-    """A download failed in a way worth retrying (network error, truncated body)."""
+    """A download failed in a way worth retrying (network error, truncated body, HTTP 5xx)."""
 
 
 class QuotaError(Exception):

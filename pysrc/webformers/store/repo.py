@@ -108,7 +108,8 @@ class ModelRepo:
         return platform.decode_text(await self.file(path, events=events))
 
     async def optional_json(self, path: str) -> dict | None:
-        """A JSON file the manifest does not list (e.g. ``quantization_report.json``), or None if absent."""
+        """A JSON file the repo may lack: through the manifest when it lists ``path``, else network-first
+        (e.g. ``quantization_report.json``, which the manifest cannot list); None when the repo lacks it."""
         if self.manifest.entry(path) is not None:
             return await self.json(path)
         url = self.url(path)
