@@ -66,7 +66,7 @@ def _need(model_id: str) -> dict:
 
 
 def _prompt_ids(model_id: str) -> list[int]:
-    from webformers.text.tokenizers import Tokenizer
+    from webformers.text.tokenizer import Tokenizer
     repo = SITE / "models" / model_id
     cfg = repo / "tokenizer_config.json"
     tok = Tokenizer.from_json((repo / "tokenizer.json").read_text(),
@@ -87,7 +87,7 @@ lm = await AutoModelForCausalLM.from_pretrained({model!r}, dtype={dtype!r}, devi
 seq = {seq!r}
 feeds = {{"input_ids": np.array([seq], np.int64), "attention_mask": np.ones((1, len(seq)), np.int64),
           "position_ids": np.arange(len(seq), dtype=np.int64)[None]}}
-feeds.update(lm._empty_past(lm._kv_layout()))
+feeds.update(lm.empty_past())
 if "num_logits_to_keep" in lm.session.input_names:
     feeds["num_logits_to_keep"] = np.array(0, np.int64)
 out = await lm.session.run(feeds, fetch=["logits"])

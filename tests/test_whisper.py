@@ -14,7 +14,7 @@ from conftest import run_async
 
 from webformers.speech.audio import (AudioError, decode_wav, load_audio, log_mel_spectrogram, mel_filter_bank,
                               resample)
-from webformers.toolchain.whisper.convert.eval import SENTENCES, normalize_text, wer
+from webformers.toolchain.whisper.eval import SENTENCES, normalize_text, wer
 
 MODEL = "openai/whisper-tiny.en"
 
@@ -136,7 +136,7 @@ def test_wer():
 
 
 def test_read_ct2_format(tmp_path):
-    from webformers.toolchain.whisper.convert.convert import read_ct2
+    from webformers.toolchain.whisper.convert import read_ct2
 
     def s(x):
         b = x.encode()
@@ -157,13 +157,84 @@ def test_read_ct2_format(tmp_path):
         read_ct2(tmp_path / "model.bin")
 
 
+# --------------------------------------------------------------- decoding on the shared generation loop
+
+class _FakeEncoder:
+    input_names = ["input_features"]
+
+    async def run(self, feeds, fetch=None):
+        assert feeds["input_features"].shape == (1, 80, 3000)
+        return {"last_hidden_state": np.zeros((1, 4, 8), np.float32)}
+
+    def dispose(self):
+        pass
+
+
+class _FakeMergedDecoder:
+    """The merged Whisper decoder's I/O (one layer, 2 heads of 4) over a table of logits by position."""
+
+    PAST = [f"past_key_values.0.{p}.{kv}" for p in ("decoder", "encoder") for kv in ("key", "value")]
+
+    def __init__(self, table):
+        self.table = table
+        self.input_names = ["input_ids", "encoder_hidden_states", "use_cache_branch", *self.PAST]
+        self.output_names = ["logits", *(n.replace("past_key_values", "present") for n in self.PAST)]
+        self.calls = []
+
+    async def run(self, feeds, fetch=None):
+        ids, past = feeds["input_ids"], feeds["past_key_values.0.decoder.key"]
+        past_len, n = past.shape[2], ids.shape[1]
+        self.calls.append((ids[0].tolist(), past_len, bool(feeds["use_cache_branch"][0]), fetch))
+        grown = np.zeros((1, 2, past_len + n, 4), np.float32)
+        out = {"logits": self.table[past_len:past_len + n][None].astype(np.float32)}
+        out.update({f"present.0.decoder.{kv}": grown for kv in ("key", "value")})
+        out.update({f"present.0.encoder.{kv}": np.zeros((1, 2, 4, 4), np.float32) for kv in ("key", "value")})
+        return out
+
+    def dispose(self):
+        pass
+
+
+def _fake_whisper(table):
+    from webformers.speech.whisper import WhisperModel
+
+    config = {"decoder_attention_heads": 2, "d_model": 8, "vocab_size": 60, "max_target_positions": 12}
+    gen = {"decoder_start_token_id": 40, "eos_token_id": 4, "no_timestamps_token_id": 50, "suppress_tokens": [7],
+           "begin_suppress_tokens": [3, 4], "forced_decoder_ids": None, "do_sample": None}
+    return WhisperModel(_FakeEncoder(), _FakeMergedDecoder(table), config, gen)
+
+
+def test_whisper_decoding_suppresses_and_stops_on_the_generation_loop():
+    """Prompt = start + no-timestamps; blank/eos suppressed on the first token only; suppress_tokens and the
+    timestamps always; eos ends the window (and is not returned); one run per token, the cache fed back."""
+    table = np.random.default_rng(0).normal(0, 0.1, (12, 60))
+    table[1, [3, 4, 20]] = [10, 9, 5]  # first token: 3 and eos are begin-suppressed -> 20
+    table[2, [55, 7, 3]] = [10, 9, 5]  # a timestamp and a suppressed token lose -> 3 (no longer begin)
+    table[3, 21] = 5
+    table[4, 4] = 10  # eos
+    wm = _fake_whisper(table)
+    assert wm.prompt_ids() == [40, 50]
+    feats = np.zeros((80, 3000), np.float32)
+    assert run_async(wm.generate(feats)) == [20, 3, 21]
+    assert wm.decoder.calls == [([40, 50], 0, False, ["logits"]), ([20], 2, True, ["logits"]),
+                                ([3], 3, True, ["logits"]), ([21], 4, True, ["logits"])]
+    assert wm.last_stats["new_tokens"] == 3
+    wm.decoder.calls.clear()
+    assert run_async(wm.generate(feats, max_new_tokens=2)) == [20, 3] and len(wm.decoder.calls) == 2
+    table[:, 4] = -100  # no eos: decoding runs until the decoder's context (12 positions) is full
+    wm = _fake_whisper(table)
+    out = run_async(wm.generate(feats))
+    assert len(out) == 12 - 2 and len(wm.decoder.calls) == 10
+    assert not set(out) & {4, 7, *range(50, 60)}
+
+
 # ------------------------------------------------------------------------- the built model repo
 
 @pytest.fixture(scope="session")
 def whisper_root(tmp_path_factory):
     """The Whisper repo (built once, then from ~/.cache/webformers/models) + the synthesized clips."""
-    from webformers.toolchain.whisper.convert.convert import build_whisper_demo
-    from webformers.toolchain.whisper.convert.eval import synthesize_clips
+    from webformers.toolchain.whisper.convert import build_whisper_demo
+    from webformers.toolchain.whisper.eval import synthesize_clips
 
     root = tmp_path_factory.mktemp("whisper-models")
     build_whisper_demo(root)
@@ -225,7 +296,7 @@ def test_report_cli_prints_the_wer_grid(whisper_root, capsys):
 
 def test_pipeline_transcribes_and_matches_reference_loop(whisper_root):
     from webformers import pipeline
-    from webformers.toolchain.whisper.convert.convert import transcribe_files
+    from webformers.toolchain.whisper.convert import transcribe_files
 
     root, clips = whisper_root
     ref = transcribe_files(root / MODEL, "fp32", "fp32", clips[:3])

@@ -32,8 +32,8 @@ JS_DECODE = r"""(async (url) => {
 
 @pytest.fixture(scope="module")
 def whisper_files(tmp_path_factory):
-    from webformers.toolchain.whisper.convert.convert import build_whisper_demo
-    from webformers.toolchain.whisper.convert.eval import synthesize_clips
+    from webformers.toolchain.whisper.convert import build_whisper_demo
+    from webformers.toolchain.whisper.eval import synthesize_clips
 
     root = tmp_path_factory.mktemp("whisper-browser-models")
     build_whisper_demo(root)
@@ -62,7 +62,7 @@ info = await webapp_asr.load_asr({MODEL!r}, host={host!r}, device="wasm",
 
 
 def test_fp32_transcripts_equal_cpython(wf_page, hosts, whisper_files):
-    from webformers.toolchain.whisper.convert.convert import transcribe_files
+    from webformers.toolchain.whisper.convert import transcribe_files
 
     root, _, clips = whisper_files
     host, urls = hosts
@@ -85,7 +85,7 @@ json.dumps({{"info": info, "texts": texts, "from_wav": from_wav}})
 
 
 def test_per_module_mapping_fetches_exactly_two_files(wf_page, hosts, whisper_files):
-    from webformers.toolchain.whisper.convert.convert import transcribe_files
+    from webformers.toolchain.whisper.convert import transcribe_files
 
     root, _, clips = whisper_files
     host, urls = hosts

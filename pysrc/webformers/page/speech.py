@@ -12,7 +12,8 @@ loading again replaces (and frees) the previous one.
 """
 from __future__ import annotations
 
-from ..speech.whisper import DECODER, ENCODER, AutomaticSpeechRecognitionPipeline
+from ..speech.pipeline import AutomaticSpeechRecognitionPipeline
+from ..speech.whisper import DECODER, ENCODER
 
 __all__ = ["load_asr", "transcribe", "wer_grid", "dispose", "current", "DEFAULT_MODEL"]
 
@@ -61,9 +62,9 @@ async def wer_grid(model: str = DEFAULT_MODEL, *, host: str | None = None) -> di
     ``{"dtypes": [...], "matrix": [[wer for each decoder dtype] for each encoder dtype],
     "bytes": [[...]], "grid": [{"encoder_model", "decoder_model_merged", "wer", "bytes"}, ...],
     "recommended": {...}, "module_bytes": {module: {dtype: bytes}}}``."""
-    from ..text.causal_lm import open_repo
+    from ..store import ModelRepo
 
-    repo = await open_repo(model, host=host)
+    repo = await ModelRepo.open(model, host=host)
     report = await repo.optional_json("quantization_report.json")
     if not report or "grid" not in report:
         raise ValueError(f"{model} has no WER grid (quantization_report.json with a 'grid'); "
