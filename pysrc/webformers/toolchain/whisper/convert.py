@@ -72,7 +72,6 @@ TINY_EN = dict(
     decoder_start_token_id=50257, tie_word_embeddings=True,
 )
 NO_TIMESTAMPS = 50362
-TIMESTAMP_BEGIN = 50363
 
 
 # --------------------------------------------------------------------------------- CTranslate2
