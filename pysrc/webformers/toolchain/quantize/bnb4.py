@@ -91,6 +91,7 @@ def tied_bnb4(m):
 
 
 def bnb4_layers(m):
+    """``MatMulBnb4Quantizer`` (NF4, block 64) on the layer matmuls."""
     from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 
     q = MatMulBnb4Quantizer(m, quant_type=MatMulBnb4Quantizer.NF4, block_size=BNB_BLOCK)

@@ -140,6 +140,8 @@ def tied_8bit_lookup(m, table: str, codes: str, zero_point: str | None, scale: s
 
 
 def quantize_dynamic_layers(m, weight_type: str, per_channel: bool):
+    """onnxruntime's ``quantize_dynamic`` on every constant-weight MatMul / Gemm (``weight_type`` ``"QInt8"``
+    or ``"QUInt8"``): one activation scale per call, for modules without an lm_head."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
