@@ -11,7 +11,8 @@ and never branches on the platform:
   CPython, and accepted in the browser too): ``byte_length``, ``byte_slice`` (to Python bytes),
   ``await sha256_hex``, ``decode_text`` (UTF-8);
 - downloads: ``await fetch_bytes(url, on_progress, expected, no_cache=)`` -> ``(status, content_type,
-  body)`` (``fetch`` in the browser, urllib on CPython), ``await read_file(path)`` (a local file or None);
+  body)`` (``fetch`` in the browser, urllib on CPython), ``await probe_url(url)`` -> ``(status, size,
+  content_type, etag)`` (a one-byte range request), ``await read_file(path)`` (a local file or None);
 - the file store: ``await open_store(name)`` -> ``(store, None)`` or ``(None, reason)``; a store has
   ``get(url)``, ``put(url, data, meta)``, ``delete(url)`` (bytes freed), ``entries()`` (metadata dicts
   with ``url`` and ``size``), ``usage()`` and ``cache_name`` (its Cache API cache, or None). The browser's

@@ -15,7 +15,7 @@ from .errors import QuotaError, RetryableError
 
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "sha256_hex", "decode_text",
-           "fetch_bytes", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
+           "fetch_bytes", "probe_url", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
            "default_host", "CacheApiStore"]
 
 #: response header of a Cache API entry that holds its metadata (JSON)
@@ -141,6 +141,36 @@ async def fetch_bytes(url: str, on_progress, expected: int | None = None, *, no_
         out.set(c, offset)
         offset += int(c.length)
     return status, ctype, out
+
+
+async def probe_url(url: str):
+    """Whether ``url`` exists and how big it is, without downloading it: a ``fetch`` of its first byte
+    (``Range: bytes=0-0``; the size comes from ``Content-Range``, the uncompressed size, or from
+    ``Content-Length`` when the server ignores the range; the body is cancelled). ``(status, size or
+    None, content_type, etag or None)``; ``RetryableError`` on network errors."""
+    try:
+        resp = await js.fetch(url, _js_object({"headers": _js_object({"Range": "bytes=0-0"}), "cache": "no-store"}))
+    except Exception as e:  # TypeError: Failed to fetch (offline, aborted, CORS)
+        raise RetryableError(f"could not fetch {url}: {e}") from e
+    status = int(resp.status)
+    if isinstance(resp.body, JsProxy):
+        try:
+            await resp.body.cancel()
+        except Exception:  # a body that is already closed
+            pass
+    size = None
+    crange = resp.headers.get("content-range")
+    if crange and "/" in str(crange):
+        total = str(crange).rsplit("/", 1)[1].strip()
+        size = int(total) if total.isdigit() else None
+    if status == 200 and size is None:
+        clen = resp.headers.get("content-length")
+        encoded = resp.headers.get("content-encoding")
+        size = int(clen) if clen and str(clen).isdigit() and not encoded else None
+    if status in (206, 416):  # 416: an empty file has no first byte
+        status = 200
+    etag = resp.headers.get("etag")
+    return status, size, resp.headers.get("content-type") or "", str(etag) if etag else None
 
 
 async def read_file(path) -> bytes | None:

@@ -17,7 +17,7 @@ from .errors import QuotaError, RetryableError
 
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "sha256_hex", "decode_text",
-           "fetch_bytes", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
+           "fetch_bytes", "probe_url", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
            "default_host", "DirStore"]
 
 CHUNK = 1 << 20
@@ -106,6 +106,43 @@ async def fetch_bytes(url: str, on_progress, expected: int | None = None, *, no_
         if clen and clen.isdigit() and len(buf) < int(clen):
             raise RetryableError(f"download of {url} broke off after {len(buf)} of {clen} bytes")
         return status, ctype, bytes(buf)
+    finally:
+        resp.close()
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The total size in a ``Content-Range`` header (``bytes 0-0/12345``, ``bytes */0``), or None."""
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
+
+
+async def probe_url(url: str):
+    """Whether ``url`` exists and how big it is, without downloading it: a GET of its first byte
+    (``Range: bytes=0-0``; the size comes from ``Content-Range``, the uncompressed size, or from
+    ``Content-Length`` when the server ignores the range). ``(status, size or None, content_type,
+    etag or None)``; ``RetryableError`` on network errors."""
+    def _open():
+        req = urllib.request.Request(url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        try:
+            return urllib.request.urlopen(req, timeout=60)
+        except urllib.error.HTTPError as e:
+            return e
+    try:
+        resp = await asyncio.to_thread(_open)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise RetryableError(f"could not fetch {url}: {e}") from e
+    try:
+        status = resp.status if hasattr(resp, "status") else resp.code
+        headers = resp.headers or {}
+        size = _range_total(headers.get("Content-Range"))
+        if status == 200 and size is None:
+            clen = headers.get("Content-Length")
+            size = int(clen) if clen and clen.isdigit() else None
+        if status in (206, 416):  # 416: an empty file has no first byte
+            status = 200
+        return status, size, headers.get("Content-Type", ""), headers.get("ETag")
     finally:
         resp.close()
 
