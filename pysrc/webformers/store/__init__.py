@@ -8,12 +8,17 @@
 - ``urls``: where files are (``resolve_url``, ``default_host``);
 - ``integrity``: is a file the one the manifest describes (``IntegrityError``);
 - ``events``: progress and warning events (``LoadEvents``, ``EVENT_KEYS``);
-- ``manifest``: the ``onnx/manifest.json`` format (``Manifest``, ``MANIFEST_PATH``, ``REPORT_PATH``).
+- ``manifest``: the ``onnx/manifest.json`` format (``Manifest``, ``MANIFEST_PATH``, ``REPORT_PATH``);
+- ``discover``: the manifest of a repo without one (onnx-community / transformers.js exports), from a
+  listing (``LISTING_PATH``), the directory or probes;
+- ``layout``: the transformers.js repo layout (modules of a config, external data files,
+  ``transformers.js_config`` defaults).
 
 The platform layer (``webformers.platform``) provides the transports, stores and byte helpers.
 """
 from .cache import (CACHE_NAME, cache_dir, cached_models, delete_cached, request_persistence,
                     storage_estimate)
+from .discover import LISTING_PATH
 from .events import EVENT_KEYS, LoadEvents
 from .fetch import RETRIES
 from .integrity import IntegrityError
@@ -23,4 +28,4 @@ from .urls import default_host, resolve_url
 
 __all__ = ["ModelRepo", "IntegrityError", "cached_models", "delete_cached", "storage_estimate",
            "request_persistence", "resolve_url", "default_host", "cache_dir", "CACHE_NAME", "RETRIES",
-           "REPORT_PATH", "MANIFEST_PATH", "Manifest", "LoadEvents", "EVENT_KEYS"]
+           "REPORT_PATH", "MANIFEST_PATH", "LISTING_PATH", "Manifest", "LoadEvents", "EVENT_KEYS"]

@@ -1,6 +1,7 @@
 """A model repo's manifest (``onnx/manifest.json``): every file's size and sha256, and per module the
-dtypes the repo has, their files, bytes and ops. The toolchain writes it; the runtime reads it for
-integrity checks and to know which dtypes exist.
+dtypes the repo has, their files, bytes and ops. The toolchain writes it (``write_manifest``; for a repo
+exported elsewhere: ``webformers manifest REPO_DIR``); the runtime reads it for integrity checks and to
+know which dtypes exist. A repo without one gets a manifest of the same shape from ``store.discover``.
 
 Format::
 
@@ -9,7 +10,15 @@ Format::
                                   "ops": ["GatherBlockQuantized", "MatMulNBits", ...],
                                   "cpu_matmul_on_webgpu": false}}},
      "files": {"config.json": {"size": 1, "sha256": "..."},
-               "onnx/model_q4.onnx": {"size": 1, "sha256": "...", "module": "model", "dtype": "q4"}}}
+               "onnx/model_q4.onnx": {"size": 1, "sha256": "...", "module": "model", "dtype": "q4"}},
+     "defaults": {"dtype": "q4", "device": "webgpu"}}
+
+``defaults`` (optional) marks a repo in the transformers.js layout that is loaded by transformers.js'
+rules: when nothing names a dtype, a module gets ``defaults["dtype"]`` (a name, or ``{module: name}``;
+it comes from ``transformers.js_config`` in config.json) when the repo has it, else the device default;
+``device="auto"`` prefers ``defaults["device"]``; and ``dtype="auto"`` without a quality report prefers
+those defaults too (see ``runtime.plan``). A manifest made by ``store.discover`` (``"discovered"``: how
+its files were found) may lack a file's sha256 until its first download records one.
 """
 from __future__ import annotations
 
@@ -18,7 +27,8 @@ import json
 import os
 from pathlib import Path
 
-from ..dtypes import CPU_MATMUL_ON_WEBGPU, DTYPES, dtype_of_file
+from ..dtypes import CPU_MATMUL_ON_WEBGPU
+from .layout import group_variants
 
 MANIFEST_PATH = "onnx/manifest.json"
 #: the quantization report's place in a repo (the manifest does not list it: it is written after)
@@ -43,37 +53,38 @@ def _onnx_ops(path) -> list[str]:
     return sorted({n.op_type for n in m.graph.node})
 
 
-def build_manifest(repo_dir, modules) -> dict:
-    """Describe every file under ``repo_dir``; ``modules`` names the ONNX modules (e.g. ["model"])."""
+def build_manifest(repo_dir, modules, defaults: dict | None = None) -> dict:
+    """Describe every file under ``repo_dir`` (hidden files and folders, e.g. ``.git``, left out);
+    ``modules`` names the ONNX modules (e.g. ["model"]); ``defaults`` (see the module docstring) is
+    stored when given."""
     repo = Path(repo_dir)
     files: dict[str, dict] = {}
-    mods: dict[str, dict] = {m: {} for m in modules}
     for p in sorted(repo.rglob("*")):
         rel = p.relative_to(repo).as_posix()
-        if not p.is_file() or rel == MANIFEST_PATH or rel.startswith("quantization_report") or rel.endswith(".png"):
+        if (not p.is_file() or rel == MANIFEST_PATH or rel.startswith("quantization_report") or rel.endswith(".png")
+                or any(part.startswith(".") for part in rel.split("/"))):
             continue
         files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-    for rel in list(files):
-        md = dtype_of_file(rel, modules)
-        if md is None:
-            continue
-        module, dtype = md
-        group = [rel] + [f for f in files if f.startswith(rel + "_data") or f.startswith(rel + ".data")]
-        for f in group:
-            files[f].update(module=module, dtype=dtype)
-        mods[module][dtype] = {
-            "files": group,
-            "bytes": sum(files[f]["size"] for f in group),
-            "ops": _onnx_ops(repo / rel),
-            "cpu_matmul_on_webgpu": dtype in CPU_MATMUL_ON_WEBGPU,
-        }
-    order = list(DTYPES)
-    mods = {m: dict(sorted(v.items(), key=lambda kv: order.index(kv[0]))) for m, v in mods.items()}
-    return {"format": FORMAT, "modules": mods, "files": files}
+    mods: dict[str, dict] = {}
+    for module, variants in group_variants(files, modules).items():
+        mods[module] = {}
+        for dtype, group in variants.items():
+            for f in group:
+                files[f].update(module=module, dtype=dtype)
+            mods[module][dtype] = {
+                "files": group,
+                "bytes": sum(files[f]["size"] for f in group),
+                "ops": _onnx_ops(repo / group[0]),
+                "cpu_matmul_on_webgpu": dtype in CPU_MATMUL_ON_WEBGPU,
+            }
+    out = {"format": FORMAT, "modules": mods, "files": files}
+    if defaults is not None:
+        out["defaults"] = dict(defaults)
+    return out
 
 
-def write_manifest(repo_dir, modules) -> dict:
-    man = build_manifest(repo_dir, modules)
+def write_manifest(repo_dir, modules, defaults: dict | None = None) -> dict:
+    man = build_manifest(repo_dir, modules, defaults)
     out = Path(repo_dir) / MANIFEST_PATH
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -117,3 +128,19 @@ class Manifest:
 
     def entry(self, path: str) -> dict | None:
         return self.data["files"].get(path)
+
+    def add_file(self, path: str, entry: dict) -> dict:
+        """List ``path`` (a file of a discovered repo, found when first read) with ``entry``."""
+        self.data["files"][path] = entry
+        return entry
+
+    @property
+    def defaults(self) -> dict | None:
+        """How the repo is loaded when nothing names a dtype / device (see the module docstring), or None."""
+        return self.data.get("defaults")
+
+    @property
+    def discovered(self) -> str | None:
+        """How the files of a repo without ``onnx/manifest.json`` were found ("listing", "directory",
+        "probe", "cache"), or None for a manifest the repo has."""
+        return self.data.get("discovered")
