@@ -6,22 +6,26 @@ raises ``ValueError`` naming the problem and the valid choices. ``check_dtype_ar
 argument once, before any I/O, into a ``DtypeRequest`` that the layers below pass on unchecked.
 
 Devices (``webformers.dtypes.DEVICES``): ``"webgpu"``, ``"wasm"`` or ``"auto"`` (WebGPU when the
-``adapter`` has it, else wasm).
+``adapter`` has it, else wasm; a manifest's ``defaults["device"]`` of ``"wasm"`` keeps wasm).
 
 Dtypes (``webformers.dtypes.DTYPES``):
 
 - a name (``"q4"``) for every module, a mapping ``{module: dtype}`` (values may be ``"auto"``),
   ``"auto"``, or None (every module gets the device default);
-- modules a mapping leaves out get the device default (``dtypes.DEFAULT_DEVICE_DTYPES``): on wasm ``q8``
-  when the repo has it, else ``fp32`` (as transformers.js does); on WebGPU ``fp32``; when the repo lacks
-  the default, ``"auto"``;
+- modules a mapping leaves out get the repo's stated default (the manifest's ``defaults["dtype"]``, from
+  ``transformers.js_config``) when the repo has it, else the device default
+  (``dtypes.DEFAULT_DEVICE_DTYPES``): on wasm ``q8`` when the repo has it, else ``fp32`` (as
+  transformers.js does); on WebGPU ``fp32``; when the repo lacks the default, ``"auto"``;
 - ``"auto"``: per module the best-quality dtype that runs natively on the device (no CPU-only matmuls
   under WebGPU, no fp16 without ``shader-f16``) and, with ``max_bytes``, keeps the total download of the
   loaded modules within budget. Quality comes from the repo's ``quantization_report.json``
   (``{"modules": {module: {dtype: {"kl", "top1", ...}}}}``: lowest KL, then highest top-1; a report that
   measured word error rate instead, ``{dtype: {"wer", ...}}`` with no ``kl`` (Whisper's), ranks by lowest
   WER, equal WERs by the smaller download); dtypes the report does not cover rank after measured ones, by
-  bits (more bits first). ``quality_key`` is that ranking.
+  bits (more bits first). ``quality_key`` is that ranking. A repo in the transformers.js layout (a
+  manifest with ``defaults``: discovered, or written by ``webformers manifest``) whose report does not
+  measure a module ranks that module's stated default first, else its device default among the native
+  dtypes (q8 on wasm, fp32 on WebGPU), then by bits; ``max_bytes`` applies as always.
 
 Capability fallback (``dtypes.device_support``): an fp16-family dtype on a WebGPU adapter without
 ``shader-f16`` is replaced by its ``DType.fallback`` (fp16 -> fp32, q4f16 -> q4, ...) with a warning naming the replacement and the reason;
@@ -153,8 +157,9 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
     features = set(adapter.get("features") or [])
     warnings: list[str] = []
 
+    defaults = manifest.defaults
     if device == "auto":
-        device = "webgpu" if has_gpu else "wasm"
+        device = "webgpu" if has_gpu and (defaults or {}).get("device") != "wasm" else "wasm"
     elif device == "webgpu" and not has_gpu:
         if strict:
             raise ValueError("device='webgpu' but no WebGPU adapter is available (strict=True); "
@@ -171,7 +176,17 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         if bad:
             raise ValueError(f"dtype mapping names unknown module(s) {', '.join(map(repr, bad))}; "
                              f"the repo's modules: {', '.join(all_modules)}")
-        requested = {m: request.per_module.get(m, default_dtype(device, all_modules[m])) for m in modules}
+        requested = {}
+        for m in modules:
+            if m in request.per_module:
+                requested[m] = request.per_module[m]
+                continue
+            stated = _stated(defaults, m)
+            if stated is not None and not manifest.has(m, stated):
+                warnings.append(f"{m}: the repo's default dtype {stated!r} (transformers.js_config) is not in "
+                                f"the repo; its dtypes: {', '.join(all_modules[m])}")
+                stated = None
+            requested[m] = stated or default_dtype(device, all_modules[m])
 
     chosen: dict[str, str] = {}
     for m, d in requested.items():
@@ -196,20 +211,24 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
         raise ValueError(f"the explicitly chosen dtypes ({', '.join(f'{m}: {d}' for m, d in chosen.items())}) "
                          f"need {fixed_bytes} bytes, over max_bytes={max_bytes}")
     if auto:
-        cands = {}
+        cands, prefer = {}, {}
+        measured = (report or {}).get("modules") or {}
         for m in auto:
             have = list(all_modules[m])
             native = [d for d in have if device_support(d, device, features).native]
             if not native:
                 raise ValueError(f"{m}: none of the repo's dtypes ({', '.join(have)}) runs natively on {device}; "
                                  f"name a dtype explicitly")
-            cands[m] = sorted(native, key=lambda d: (quality_key(report, m, d), manifest.variant(m, d)["bytes"]))
+            if defaults is not None and not measured.get(m):
+                stated = _stated(defaults, m)
+                prefer[m] = stated if stated in native else default_dtype(device, native)
+            cands[m] = sorted(native, key=lambda d: (_rank(report, prefer, m, d), manifest.variant(m, d)["bytes"]))
         if max_bytes is None:
             for m in auto:
                 chosen[m] = cands[m][0]
         else:
             budget = max_bytes - fixed_bytes
-            best = _best_within(manifest, report, cands, budget)
+            best = _best_within(manifest, report, prefer, cands, budget)
             if best is None:
                 smallest = {m: min(cands[m], key=lambda d: manifest.variant(m, d)["bytes"]) for m in auto}
                 need = sum(manifest.variant(m, d)["bytes"] for m, d in smallest.items()) + fixed_bytes
@@ -223,11 +242,23 @@ def select_dtypes(manifest, modules=None, *, dtype="auto", device="auto", adapte
     return Plan(device=device, dtypes=chosen, warnings=warnings, files=files, bytes=total)
 
 
-def _best_within(manifest, report, cands: dict, budget: int) -> dict | None:
+def _stated(defaults: dict | None, module: str) -> str | None:
+    """The dtype the repo's ``defaults`` name for ``module`` (a name for every module or a mapping), or None."""
+    d = (defaults or {}).get("dtype")
+    return d.get(module) if isinstance(d, Mapping) else d
+
+
+def _rank(report, prefer: dict, module: str, dtype: str):
+    """Smaller is better: the module's preferred dtype (``prefer``) first, then ``quality_key``."""
+    return (0 if prefer.get(module, dtype) == dtype else 1, *quality_key(report, module, dtype))
+
+
+def _best_within(manifest, report, prefer: dict, cands: dict, budget: int) -> dict | None:
     """The best combination of per-module candidates whose bytes fit ``budget``.
 
-    Compares combinations by (number of unmeasured choices, sum of KL, -sum of top-1 / -bits, bytes).
-    Candidates that are both larger and worse than another candidate of the same module are dropped first.
+    Compares combinations by (number of choices that are not the module's preferred dtype, number of
+    unmeasured choices, sum of KL, -sum of top-1 / -bits, bytes). Candidates that are both larger and worse
+    than another candidate of the same module are dropped first.
     """
     pruned = {}
     for m, ds in cands.items():
@@ -244,8 +275,8 @@ def _best_within(manifest, report, cands: dict, budget: int) -> dict | None:
         size = sum(manifest.variant(m, d)["bytes"] for m, d in zip(mods, combo))
         if size > budget:
             continue
-        keys = [quality_key(report, m, d) for m, d in zip(mods, combo)]
-        key = (sum(k[0] for k in keys), sum(k[1] for k in keys), sum(k[2] for k in keys), size)
+        keys = [_rank(report, prefer, m, d) for m, d in zip(mods, combo)]
+        key = (*(sum(k[i] for k in keys) for i in range(4)), size)
         if best_key is None or key < best_key:
             best, best_key = dict(zip(mods, combo)), key
     return best
