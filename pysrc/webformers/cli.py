@@ -1,4 +1,5 @@
-"""``webformers`` command line: ``convert`` (model → quantized ONNX repo) and ``report`` (quality table)."""
+"""``webformers`` command line: ``convert`` (model → quantized ONNX repo), ``report`` (quality table) and
+``manifest`` (an ``onnx/manifest.json`` for a repo exported elsewhere, e.g. an onnx-community one)."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,57 @@ def _report(a) -> int:
     return 0
 
 
+def _manifest(a) -> int:
+    import json
+    from pathlib import Path
+
+    from .store.layout import config_defaults, data_chunks, group_variants, repo_modules
+    from .store.manifest import MANIFEST_PATH, write_manifest
+
+    def fail(msg: str) -> int:
+        print(f"webformers manifest: error: {msg}", file=sys.stderr)
+        return 2
+
+    repo = Path(a.repo)
+    if not repo.is_dir():
+        return fail(f"{repo} is not a directory")
+    config = {}
+    if (repo / "config.json").is_file():
+        try:
+            config = json.loads((repo / "config.json").read_text())
+        except ValueError as e:
+            return fail(f"{repo / 'config.json'} is not valid JSON: {e}")
+    if a.modules:
+        modules = [m.strip() for m in a.modules.split(",") if m.strip()]
+    elif config:
+        modules = repo_modules(config)
+    else:
+        return fail(f"{repo} has no config.json to tell its modules: pass --modules (e.g. model, or "
+                    f"encoder_model,decoder_model_merged)")
+    onnx = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*.onnx"))
+    variants = group_variants(onnx, modules)
+    if not any(variants.values()):
+        return fail(f"no model files of the module(s) {', '.join(modules)} in {repo / 'onnx'}: expected "
+                    f"onnx/{{module}}{{suffix}}.onnx (suffixes as transformers.js: '', _fp16, _quantized, _q4, ...); "
+                    f"found: {', '.join(onnx) or 'no .onnx files'}")
+    defaults, notes = config_defaults(config)
+    used = {f for v in variants.values() for fs in v.values() for f in fs}
+    notes += [f"{f} is not a file of the module(s) {', '.join(modules)}: listed, but never loaded"
+              for f in onnx if f not in used]
+    try:
+        notes += [f"{fs[0]}: transformers.js_config names {n} external data file(s), the repo has {len(fs) - 1}"
+                  for m, v in variants.items() for fs in v.values()
+                  if (n := data_chunks(config, fs[0], m)) is not None and n != len(fs) - 1]
+    except ValueError as e:
+        return fail(str(e))
+    for n in notes:
+        print(f"webformers manifest: warning: {n}", file=sys.stderr)
+    man = write_manifest(repo, modules, defaults)
+    have = "; ".join(f"{m}: {', '.join(v)}" for m, v in man["modules"].items() if v)
+    print(f"wrote {repo / MANIFEST_PATH} ({len(man['files'])} files; {have})")
+    return 0
+
+
 def main(argv=None) -> int:
     from .toolchain.quantize import SUPPORTED
 
@@ -51,6 +103,12 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="print a repo's quantization_report.json as a table")
     r.add_argument("repo")
     r.set_defaults(func=_report)
+    m = sub.add_parser("manifest", help="write onnx/manifest.json (sizes, sha256, dtypes) into a repo exported "
+                                        "elsewhere (transformers.js layout), so every file is verified")
+    m.add_argument("repo", help="the repo directory (config.json, onnx/{module}{suffix}.onnx, ...)")
+    m.add_argument("--modules", help="comma-separated ONNX modules (default: from config.json: model, or "
+                                     "encoder_model,decoder_model_merged for an encoder-decoder)")
+    m.set_defaults(func=_manifest)
     a = ap.parse_args(argv)
     return a.func(a)
 
