@@ -2,13 +2,21 @@
 
 ``serve(root, port)`` returns a running server (in a thread); ``server.add_root(prefix, path)``
 serves an extra directory under a URL prefix (tests use it for fixture model repos).
+
+Test hooks: ``server.log`` lists every request as ``{"method", "path", "range"}`` (the URL path without
+its query; the ``Range`` header or None), ``server.requests_for(path)`` those of one path, and
+``server.fail_after(path, nbytes, times=1)`` makes the next ``times`` answers for ``path`` close the
+connection after ``nbytes`` bytes of their body (a download that breaks off; the connection closes
+``FAIL_LINGER_S`` after the last byte, so the client has read them all).
 """
 from __future__ import annotations
 
 import http.server
 import os
 import posixpath
+import socket
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -67,6 +75,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self):
+        url_path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
+        self.server.record(self.command, url_path, self.headers.get("Range"))
         full = self._resolve(self.path)
         if full is None or not full.is_file():
             return self._error(404, f"not found: {self.path}")
@@ -94,9 +104,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._headers(status, end - start + 1, ctype, extra)
         if self.command == "HEAD":
             return
+        cut = self.server.take_failure(url_path)
         with open(full, "rb") as f:
             f.seek(start)
-            left = end - start + 1
+            left = end - start + 1 if cut is None else min(cut, end - start + 1)
             try:
                 while left > 0:
                     chunk = f.read(min(1 << 20, left))
@@ -104,18 +115,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
+                if cut is not None:  # break the connection off mid-body, once the client has read the rest
+                    self.wfile.flush()
+                    time.sleep(self.server.FAIL_LINGER_S)
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
 
 class SiteServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    #: how long a broken-off answer waits before closing the connection (a browser drops the bytes it has
+    #: not read yet when the connection fails, so without the wait the break point would vary)
+    FAIL_LINGER_S = 0.5
 
     def __init__(self, root, port=0, host="127.0.0.1", verbose=False):
         super().__init__((host, port), Handler)
         self.roots = {"/": Path(root).resolve()}
         self.verbose = verbose
         self.thread = None
+        #: every request: {"method", "path", "range"}
+        self.log: list[dict] = []
+        self._failures: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, method: str, path: str, byte_range: str | None) -> None:
+        with self._lock:
+            self.log.append({"method": method, "path": path, "range": byte_range})
+
+    def requests_for(self, path: str) -> list[dict]:
+        """The logged requests of the URL path ``path``."""
+        with self._lock:
+            return [r for r in self.log if r["path"] == path]
+
+    def fail_after(self, path: str, nbytes: int, times: int = 1) -> None:
+        """Let the next ``times`` answers for the URL path ``path`` close the connection after ``nbytes``
+        bytes of their body (queued after earlier calls)."""
+        with self._lock:
+            self._failures.setdefault(path, []).extend([int(nbytes)] * times)
+
+    def take_failure(self, path: str) -> int | None:
+        """The byte count after which this answer for ``path`` breaks off, or None."""
+        with self._lock:
+            queue = self._failures.get(path)
+            return queue.pop(0) if queue else None
 
     @property
     def url(self) -> str:

@@ -110,10 +110,26 @@ async function remember(model, module, plan) {
   await cache.put(warmUrl(model), new Response(JSON.stringify(all), { headers: { "content-type": "application/json" } }));
 }
 
+// a file stored whole, or as chunks listed by an index entry at its URL (pysrc/webformers/store/chunked.py):
+// the chunks are copied into one buffer, each checked against its sha256
 async function readChecked(cache, file) {
   const resp = await cache.match(file.url);
   if (!resp) return null;
-  const bytes = new Uint8Array(await resp.arrayBuffer());
+  let bytes;
+  if (JSON.parse(resp.headers.get("x-webformers") || "{}").layout === "chunked") {
+    const index = await resp.json();
+    if (!index.complete) return null;
+    bytes = new Uint8Array(index.size);
+    for (const c of index.chunks) {
+      const part = await cache.match(c.url);
+      if (!part) return null;
+      const chunk = new Uint8Array(await part.arrayBuffer());
+      if (chunk.length !== c.size || (await sha256Hex(chunk)) !== c.sha256) return null;
+      bytes.set(chunk, c.offset);
+    }
+  } else {
+    bytes = new Uint8Array(await resp.arrayBuffer());
+  }
   return (await sha256Hex(bytes)) === file.sha256 ? bytes : null;
 }
 

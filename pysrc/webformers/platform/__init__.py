@@ -9,15 +9,19 @@ and never branches on the platform:
   or None for anything else);
 - bytes (a JS ``Uint8Array`` in the browser, so model files never enter Python memory; Python bytes on
   CPython, and accepted in the browser too): ``byte_length``, ``byte_slice`` (to Python bytes),
-  ``await sha256_hex``, ``decode_text`` (UTF-8);
-- downloads: ``await fetch_bytes(url, on_progress, expected, no_cache=)`` -> ``(status, content_type,
-  body)`` (``fetch`` in the browser, urllib on CPython), ``await probe_url(url)`` -> ``(status, size,
-  content_type, etag)`` (a one-byte range request), ``await read_file(path)`` (a local file or None);
-- the file store: ``await open_store(name)`` -> ``(store, None)`` or ``(None, reason)``; a store has
-  ``get(url)``, ``put(url, data, meta)``, ``delete(url)`` (bytes freed), ``entries()`` (metadata dicts
-  with ``url`` and ``size``), ``usage()`` and ``cache_name`` (its Cache API cache, or None). The browser's
-  is ``CacheApiStore`` (the Cache API), CPython's ``DirStore`` (a directory, ``cache_dir()``; None in the
-  browser);
+  ``byte_view`` (no copy), ``await sha256_hex``, ``decode_text`` (UTF-8); a file assembled in place:
+  ``alloc_bytes(n)``, ``copy_into(buf, offset, data)``, ``finish_bytes(buf)`` (the file bytes);
+- downloads: ``await open_stream(url, byte_range=None, no_cache=)`` -> an ``HttpStream`` (``status``,
+  ``length``, ``header(name)``, ``await read()`` piece by piece, ``await close()``; ``byte_range`` makes
+  it an HTTP ``Range`` request; ``fetch`` in the browser, urllib on CPython), ``await probe_url(url)`` ->
+  ``(status, size, content_type, etag)`` (a one-byte range request), ``await read_file(path)`` (a local
+  file or None);
+- the entry store: ``await open_store(name)`` -> ``(store, None)`` or ``(None, reason)``; a store has
+  ``get(url)``, ``meta(url)``, ``put(url, data, meta)``, ``delete(url)`` (bytes freed), ``entries()``
+  (metadata dicts with ``url`` and ``size``), ``usage()``, ``cache_name`` (its Cache API cache, or None)
+  and ``chunk_bytes`` (the largest entry it takes, or None). The browser's is ``CacheApiStore`` (the
+  Cache API; 64 MB entries, as it refuses 256 MB), CPython's ``DirStore`` (a directory, ``cache_dir()``;
+  None in the browser; any size). ``store.chunked`` keeps larger files in such a store as chunks;
 - storage: ``await estimate_storage(cache_bytes)`` -> ``{"usage", "quota", "persisted"}``,
   ``await persist_storage()``;
 - ``default_host()``: where model repos are served when no host is named (the page origin + ``/models``;

@@ -16,9 +16,9 @@ from pathlib import Path
 from .errors import QuotaError, RetryableError
 
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
-           "byte_length", "byte_slice", "sha256_hex", "decode_text",
-           "fetch_bytes", "probe_url", "read_file", "open_store", "cache_dir", "estimate_storage", "persist_storage",
-           "default_host", "DirStore"]
+           "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
+           "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
+           "estimate_storage", "persist_storage", "default_host", "DirStore"]
 
 CHUNK = 1 << 20
 #: buffers larger than this are hashed in a thread, so the event loop keeps running
@@ -69,45 +69,89 @@ def decode_text(data) -> str:
     return bytes(data).decode("utf-8")
 
 
+def alloc_bytes(n: int) -> bytearray:
+    """A zeroed buffer of ``n`` bytes to fill with ``copy_into``."""
+    return bytearray(n)
+
+
+def byte_view(data, start: int, end: int) -> memoryview:
+    """``data[start:end]`` without copying."""
+    return memoryview(data)[start:end]
+
+
+def copy_into(buf, offset: int, data) -> None:
+    """Copy ``data`` into ``buf`` (from ``alloc_bytes``) at ``offset``."""
+    buf[offset:offset + len(data)] = data
+
+
+def finish_bytes(buf) -> bytes:
+    """A buffer filled with ``copy_into`` as file bytes (``bytes``)."""
+    return bytes(buf)
+
+
 # ----------------------------------------------------------------------------------- transport
 
-async def fetch_bytes(url: str, on_progress, expected: int | None = None, *, no_cache: bool = False):
-    """GET ``url``: ``(status, content_type, body)``, the body (bytes) only for HTTP 200. ``await
-    on_progress(loaded, total)`` after every chunk (``total``: Content-Length, else ``expected``).
+class HttpStream:
+    """An HTTP response whose body is read piece by piece (urllib, reads in a thread)."""
+
+    def __init__(self, url: str, resp):
+        self.url = url
+        self._resp = resp
+        #: the HTTP status
+        self.status = resp.status if hasattr(resp, "status") else resp.code
+        clen = resp.headers.get("Content-Length") if resp.headers else None
+        #: the body's length in bytes (Content-Length; None when unknown)
+        self.length = int(clen) if clen and clen.isdigit() else None
+        self.received = 0
+        self._headers = resp.headers
+
+    def header(self, name: str) -> str | None:
+        return self._headers.get(name) if self._headers else None
+
+    async def read(self):
+        """The next piece of the body (bytes), None at its end. Raises ``RetryableError`` when the body
+        breaks off (a network error, or fewer bytes than its Content-Length)."""
+        if self._resp is None:
+            return None
+        try:
+            piece = await asyncio.to_thread(self._resp.read, CHUNK)
+        except (OSError, http.client.HTTPException) as e:
+            raise RetryableError(f"download of {self.url} broke off after {self.received} bytes: {e}") from e
+        if not piece:
+            await self.close()
+            if self.length is not None and self.received < self.length:
+                raise RetryableError(f"download of {self.url} broke off after {self.received} of "
+                                     f"{self.length} bytes")
+            return None
+        self.received += len(piece)
+        return piece
+
+    async def close(self) -> None:
+        """Stop reading and close the connection."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+
+async def open_stream(url: str, byte_range: tuple[int, int] | None = None, *, no_cache: bool = False):
+    """GET ``url``: an ``HttpStream`` (any status). ``byte_range`` ``(start, end)`` asks for the bytes
+    ``[start, end)`` (an HTTP ``Range`` request; the server may answer 206 or the whole body with 200).
     ``no_cache`` asks to bypass an HTTP cache (urllib keeps none). Raises ``RetryableError`` on network
-    errors and bodies shorter than their Content-Length."""
+    errors."""
+    headers = {"Accept-Encoding": "identity"}
+    if byte_range is not None:
+        headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+
     def _open():
         try:
-            return urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "identity"}),
-                                          timeout=60)
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
         except urllib.error.HTTPError as e:
             return e
     try:
         resp = await asyncio.to_thread(_open)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise RetryableError(f"could not fetch {url}: {e}") from e
-    try:
-        status = resp.status if hasattr(resp, "status") else resp.code
-        ctype = resp.headers.get("Content-Type", "") if resp.headers else ""
-        if status != 200:
-            return status, ctype, None
-        clen = resp.headers.get("Content-Length")
-        total = int(clen) if clen and clen.isdigit() else (expected or 0)
-        buf = bytearray()
-        while True:
-            try:
-                chunk = await asyncio.to_thread(resp.read, CHUNK)
-            except (OSError, http.client.HTTPException) as e:
-                raise RetryableError(f"download of {url} broke off after {len(buf)} bytes: {e}") from e
-            if not chunk:
-                break
-            buf += chunk
-            await on_progress(len(buf), max(total, len(buf)))
-        if clen and clen.isdigit() and len(buf) < int(clen):
-            raise RetryableError(f"download of {url} broke off after {len(buf)} of {clen} bytes")
-        return status, ctype, bytes(buf)
-    finally:
-        resp.close()
+    return HttpStream(url, resp)
 
 
 def _range_total(content_range: str | None) -> int | None:
@@ -163,11 +207,13 @@ def cache_dir() -> Path:
 
 
 class DirStore:
-    """The file store on CPython: per URL one data file and one metadata file (``data/<sha256(url)>``,
+    """The entry store on CPython: per URL one data file and one metadata file (``data/<sha256(url)>``,
     ``meta/<sha256(url)>.json``), written atomically (temp file + ``os.replace``)."""
 
     #: the browser Cache API cache holding the files (none: this store is a directory)
     cache_name = None
+    #: the largest entry to put (None: any size, so every file is one entry)
+    chunk_bytes = None
 
     def __init__(self, root):
         self.root = Path(root)
@@ -185,6 +231,16 @@ class DirStore:
         try:
             return await asyncio.to_thread(data_p.read_bytes)
         except OSError:
+            return None
+
+    async def meta(self, url: str) -> dict | None:
+        """The metadata of ``url``, or None when it is not stored."""
+        data_p, meta_p = self.paths(url)
+        if not data_p.exists():
+            return None
+        try:
+            return json.loads(meta_p.read_text())
+        except (OSError, ValueError):
             return None
 
     async def put(self, url: str, data, meta: dict) -> None:
@@ -214,7 +270,7 @@ class DirStore:
         return size
 
     async def entries(self) -> list[dict]:
-        """The metadata of every stored file (with ``url`` and ``size``)."""
+        """The metadata of every entry (with ``url`` and ``size``)."""
         out = []
         meta_dir = self.root / "meta"
         if not meta_dir.is_dir():

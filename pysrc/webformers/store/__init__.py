@@ -1,10 +1,12 @@
 """The model store: a model repo's files fetched, verified against its manifest and cached.
 
 - ``repo``: ``ModelRepo`` (open a repo, verify every read, heal a bad cached copy, one download per URL);
-- ``fetch``: getting bytes from the network - bounded retries (``RETRIES``), network-first JSON files,
-  shared in-flight downloads;
-- ``cache``: where files are kept (``CACHE_NAME``, ``cache_dir``) and managing them (``cached_models``,
-  ``delete_cached``, ``storage_estimate``, ``request_persistence``);
+- ``fetch``: getting a file's bytes from the store and the network - every chunk checked, a bad one
+  fetched again alone (HTTP Range), downloads resumed from the last whole chunk, bounded retries
+  (``RETRIES``), network-first JSON files, shared in-flight downloads;
+- ``cache``: where files are kept (``CACHE_NAME``, ``cache_dir``, ``CHUNK_BYTES``) and managing them
+  (``cached_models``, ``delete_cached``, ``storage_estimate``, ``request_persistence``);
+- ``chunked``: a large file in the store as chunks plus an index (``ChunkedStore``);
 - ``urls``: where files are (``resolve_url``, ``default_host``);
 - ``integrity``: is a file the one the manifest describes (``IntegrityError``);
 - ``events``: progress and warning events (``LoadEvents``, ``EVENT_KEYS``);

@@ -3,7 +3,9 @@
 The store comes from the platform layer: in the browser the Cache API cache ``CACHE_NAME``, keyed by the
 full file URL, each entry's model / revision / host / file / module / dtype in its metadata; on CPython a
 directory (``cache_dir()``: ``$WEBFORMERS_CACHE`` or ``~/.cache/webformers/hub``). ``await open_cache()``
--> ``(store, None)`` or ``(None, why there is no cache)``.
+-> ``(store, None)`` or ``(None, why there is no cache)``; the store is a ``ChunkedStore``
+(``store.chunked``): a file larger than ``CHUNK_BYTES`` (None: the platform store's ``chunk_bytes`` -
+64 MB in the browser, whose Cache API refuses entries of 256 MB; no limit on CPython) is kept as chunks.
 
 Management: ``cached_models()``, ``delete_cached(model, dtype=, module=, revision=)``,
 ``storage_estimate()``, ``request_persistence()``.
@@ -13,16 +15,22 @@ from __future__ import annotations
 from .. import platform
 from ..dtypes import get_dtype
 from ..platform import cache_dir
+from .chunked import ChunkedStore
 
-__all__ = ["CACHE_NAME", "cache_dir", "open_cache", "cached_models", "delete_cached", "storage_estimate",
-           "request_persistence"]
+__all__ = ["CACHE_NAME", "CHUNK_BYTES", "cache_dir", "open_cache", "cached_models", "delete_cached",
+           "storage_estimate", "request_persistence"]
 
 CACHE_NAME = "webformers-hub-v1"
+#: the size of a stored chunk (files up to it are one entry); None: the platform store's ``chunk_bytes``
+CHUNK_BYTES: int | None = None
 
 
 async def open_cache():
-    """``(store, None)``, or ``(None, reason)`` when files cannot be cached here."""
-    return await platform.open_store(CACHE_NAME)
+    """``(ChunkedStore, None)``, or ``(None, reason)`` when files cannot be cached here."""
+    store, reason = await platform.open_store(CACHE_NAME)
+    if store is None:
+        return None, reason
+    return ChunkedStore(store, CHUNK_BYTES if CHUNK_BYTES is not None else store.chunk_bytes), None
 
 
 def _variant_key(meta: dict):
@@ -31,7 +39,8 @@ def _variant_key(meta: dict):
 
 async def cached_models() -> list[dict]:
     """The cached models: ``[{"model", "revision", "host", "bytes", "files", "variants": [{"module",
-    "dtype", "bytes", "files"}], "other_bytes"}]`` (``other_bytes``: config, tokenizer, manifest...)."""
+    "dtype", "bytes", "files"}], "other_bytes"}]`` (``other_bytes``: config, tokenizer, manifest...; a
+    download that broke off counts with the bytes it stored)."""
     store, _ = await open_cache()
     if store is None:
         return []

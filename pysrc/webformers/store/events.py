@@ -3,7 +3,11 @@
 An event is a dict (keys: ``EVENT_KEYS``; a warning has ``status`` "warning", ``name``, ``message`` and
 maybe ``file``) given to every callback (sync or async) and to the hosting page
 (``platform.emit_page_event``). ``status``: initiate, download, progress, done (per file), ready (the
-load), warning.
+load), warning. A file event's ``loaded`` bytes are ``from_cache`` (read from the store, checked) plus
+the ones downloaded so far (``from_network`` counts every byte received, also of a try that broke off);
+``cached`` is True when all came from the store. A file's ``done`` event may carry ``chunks``:
+``{"count", "verified" (read from the store, sha256 checked), "bad" (failed the check: evicted and
+fetched again), "downloaded"}``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from .. import platform
 
 __all__ = ["EVENT_KEYS", "LoadEvents"]
 
-EVENT_KEYS = ("status", "name", "file", "loaded", "total", "progress", "cached", "overall")
+EVENT_KEYS = ("status", "name", "file", "loaded", "total", "progress", "cached", "from_cache", "from_network",
+              "chunks", "overall")
 
 
 async def _deliver(event: dict, callbacks) -> None:
@@ -41,7 +46,9 @@ class LoadEvents:
     def overall(self) -> dict:
         return {"loaded": sum(self.loaded.values()), "total": sum(self.sizes.values())}
 
-    async def file_event(self, status: str, path: str, loaded: int, total: int, cached: bool) -> None:
+    async def file_event(self, status: str, path: str, loaded: int, total: int, cached: bool, *,
+                         from_cache: int | None = None, from_network: int = 0, chunks: dict | None = None) -> None:
+        """A file's event; ``from_cache`` defaults to ``loaded`` when ``cached``, else 0."""
         self.sizes.setdefault(path, total)
         self.loaded[path] = loaded
         pct = round(100.0 * loaded / total, 1) if total else (100.0 if status == "done" else 0.0)
@@ -50,8 +57,13 @@ class LoadEvents:
             if self._last_pct.get(path) == whole and loaded < total:
                 return
             self._last_pct[path] = whole
-        await _deliver({"status": status, "name": self.name, "file": path, "loaded": loaded, "total": total,
-                        "progress": pct, "cached": cached, "overall": self.overall()}, self.callbacks)
+        event = {"status": status, "name": self.name, "file": path, "loaded": loaded, "total": total,
+                 "progress": pct, "cached": cached,
+                 "from_cache": (loaded if cached else 0) if from_cache is None else from_cache,
+                 "from_network": from_network, "overall": self.overall()}
+        if chunks is not None:
+            event["chunks"] = chunks
+        await _deliver(event, self.callbacks)
 
     async def warning(self, message: str, file: str | None = None) -> None:
         ev = {"status": "warning", "name": self.name, "message": message}

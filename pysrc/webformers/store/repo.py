@@ -21,11 +21,10 @@ import json
 from pathlib import Path
 
 from .. import platform
-from ..platform import QuotaError
 from .cache import open_cache
 from .events import LoadEvents
-from .fetch import download, fetch_network_first, share
-from .integrity import IntegrityError, looks_html, verify
+from .fetch import fetch_file, fetch_network_first, share
+from .integrity import IntegrityError, verify
 from .manifest import MANIFEST_PATH, Manifest
 from .urls import default_host, is_http, local_path, resolve_url
 
@@ -149,46 +148,10 @@ class ModelRepo:
         if not is_http(url):
             return await self._load_local(path, url, entry, events)
         store = self._store if self.use_cache else None
-        if store is not None:
-            try:
-                cached = await store.get(url)
-            except Exception as e:  # a broken cache must not break loading
-                cached = None
-                await events.warning(f"could not read the cached copy of {path}: {e}", path)
-            if cached is not None:
-                problem = await verify(cached, entry)
-                if problem is None:
-                    await events.file_event("progress", path, size, size, True)
-                    await events.file_event("done", path, size, size, True)
-                    return cached
-                await store.delete(url)
-                msg = f"cached copy of {path} is corrupted ({problem}): evicted, downloading it again"
-                self.warnings.append(msg)
-                await events.warning(msg, path)
-        await events.file_event("download", path, 0, size, False)
-        ctype, data = await download(url, path=path, size=size, events=events, model=self.model)
-        problem = await verify(data, entry)
-        if problem is not None:
-            what = (" - the server answered with an HTML page (wrong host or URL template?)"
-                    if looks_html(data, ctype) else "")
-            raise IntegrityError(
-                f"{self.model}: {path} downloaded from {url} is not the file the manifest describes: "
-                f"{problem} (content-type {ctype or 'unknown'}){what}; it was not cached")
-        if store is not None:
-            meta = {"model": self.model, "revision": self.revision, "host": self.host, "file": path,
-                    "module": entry.get("module"), "dtype": entry.get("dtype"), "sha256": entry["sha256"]}
-            try:
-                await store.put(url, data, meta)
-            except QuotaError as e:
-                msg = f"storage quota exceeded (QuotaExceededError: {e}): {path} is used without caching"
-                self.warnings.append(msg)
-                await events.warning(msg, path)
-            except Exception as e:
-                msg = f"could not cache {path} ({e}): it is used without caching"
-                self.warnings.append(msg)
-                await events.warning(msg, path)
-        await events.file_event("done", path, size, size, False)
-        return data
+        meta = {"model": self.model, "revision": self.revision, "host": self.host, "file": path,
+                "module": entry.get("module"), "dtype": entry.get("dtype"), "sha256": entry["sha256"]}
+        return await fetch_file(url, entry, path=path, model=self.model, events=events, store=store, meta=meta,
+                                warnings=self.warnings)
 
     async def _load_local(self, path: str, url: str, entry: dict, events: LoadEvents):
         size = entry["size"]
