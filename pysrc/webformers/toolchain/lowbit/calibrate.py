@@ -12,21 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .corpus import calibration_ids
+from .corpus import token_windows
 from .gptq import gptq_quantize
 from .grid import QuantizedWeight, check_bits, on_grid, rtn
 from .layers import DecoderStates, decoder_layers, linear_modules
 
 __all__ = ["collect_hessians", "gptq_model"]
-
-
-def _windows(tokenizer, texts, ids, windows, window):
-    if ids is not None:
-        return np.asarray(ids, np.int64)
-    if tokenizer is None:
-        raise ValueError("pass calibration token ids (ids=...) or a tokenizer")
-    text = None if texts is None else "\n\n".join([texts] if isinstance(texts, str) else list(texts))
-    return calibration_ids(tokenizer, windows, window, text)
 
 
 class _HessianHooks:
@@ -61,7 +52,7 @@ def collect_hessians(model, tokenizer=None, texts=None, *, ids=None, windows: in
     :func:`.corpus.calibration_text` — encoded with ``tokenizer``), from one pass of ``model``."""
     import torch
 
-    ids = torch.as_tensor(_windows(tokenizer, texts, ids, windows, window))
+    ids = torch.as_tensor(token_windows(tokenizer, texts, ids, windows, window))
     layers = decoder_layers(model)
     named = [(n, m) for i, layer in enumerate(layers) for n, m in linear_modules(layer, f"model.layers.{i}.")]
     hooks = _HessianHooks(named)
@@ -86,7 +77,7 @@ def gptq_model(model, bits, tokenizer=None, texts=None, *, ids=None, windows: in
     """
     import torch
 
-    ids = _windows(tokenizer, texts, ids, windows, window)
+    ids = token_windows(tokenizer, texts, ids, windows, window)
     layers = decoder_layers(model)
     states = DecoderStates(model, ids, batch)
     out: dict[str, QuantizedWeight] = {}

@@ -70,3 +70,17 @@ def calibration_ids(tokenizer, windows: int = 32, window: int = 256, text: str |
     starts = np.linspace(0, len(ids) - window, windows).round().astype(int)
     arr = np.asarray(ids, np.int64)
     return np.stack([arr[s:s + window] for s in starts])
+
+
+def token_windows(tokenizer=None, texts=None, ids=None, windows: int = 32, window: int = 256) -> np.ndarray:
+    """``ids`` as int64 windows [W, T] when given, else ``windows`` x ``window`` tokens of ``texts`` (a string
+    or strings; default :func:`calibration_text`) encoded with ``tokenizer``."""
+    if ids is not None:
+        ids = np.asarray(ids, np.int64)
+        if ids.ndim != 2:
+            raise ValueError(f"token ids must be windows [W, T], got shape {ids.shape}")
+        return ids
+    if tokenizer is None:
+        raise ValueError("pass calibration token ids (ids=...) or a tokenizer")
+    text = None if texts is None else "\n\n".join([texts] if isinstance(texts, str) else list(texts))
+    return calibration_ids(tokenizer, windows, window, text)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import calibration_ids
+from .corpus import token_windows
 from .graph import table_values
 from .grid import Grid, QuantizedWeight, check_bits, fit_grid
 from .layers import decoder_layers, linear_modules
@@ -44,6 +44,49 @@ def _fake_quant_module():
         q = torch.clamp(torch.round((x - lo) / step), 0, 255) * step + lo
         return x + (q - x).detach()
 
+    def blocks(w, a, block):
+        """(``w`` as [N, nb, block] or [N, K], ``a`` [N, nb] broadcast to it, column → block index or None)."""
+        n, k = w.shape
+        if k % block == 0:
+            return w.view(n, k // block, block), a[..., None], None
+        cols = torch.arange(k) // block
+        return w, a[:, cols], cols
+
+    def block_sum(x, like, cols):
+        if cols is None:
+            return x.sum(-1)
+        return torch.zeros(like.shape, dtype=x.dtype).index_add_(1, cols, x)
+
+    class RoundToGrid(torch.autograd.Function):
+        """``w`` [N, K] rounded to the grid ``(c - z) * d`` (``z`` None: ``±d``), blocks of ``block`` along K.
+        Backward: the weight's gradient passes straight through; ``d`` and ``z`` get their exact gradients
+        given the codes."""
+
+        @staticmethod
+        def forward(ctx, w, d, z, qmax, block):
+            W, D, cols = blocks(w, d, block)
+            ctx.block, ctx.cols = block, cols
+            if z is None:
+                sign = torch.where(W >= 0, 1.0, -1.0)
+                ctx.save_for_backward(sign, d)
+                return (sign * D).reshape(w.shape)
+            Z = blocks(w, z, block)[1]
+            c = torch.clamp(torch.round(W / D + Z), 0.0, qmax)
+            ctx.save_for_backward(c.to(torch.uint8), d, z)
+            return ((c - Z) * D).reshape(w.shape)
+
+        @staticmethod
+        def backward(ctx, g):
+            if len(ctx.saved_tensors) == 2:
+                sign, d = ctx.saved_tensors
+                G = blocks(g, d, ctx.block)[0]
+                return g, block_sum(G * sign, d, ctx.cols), None, None, None
+            c, d, z = ctx.saved_tensors
+            G, D, _ = blocks(g, d, ctx.block)
+            Z = blocks(g, z, ctx.block)[1]
+            return (g, block_sum(G * (c.float() - Z), d, ctx.cols), block_sum(-G * D, z, ctx.cols),
+                    None, None)
+
     class FakeQuant(torch.nn.Module):
         """The weight rounded onto its block grid in the forward pass. The codes follow the latent weight
         (straight-through gradient); the grid's log-scales and zero points are trained too, with exact
@@ -51,7 +94,6 @@ def _fake_quant_module():
 
         def __init__(self, grid: Grid, train_grid: bool):
             super().__init__()
-            self.register_buffer("cols", torch.from_numpy(np.arange(grid.k) // grid.block))
             self.bits, self.block, self.k, self.qmax = grid.bits, grid.block, grid.k, float(grid.qmax)
             log_s = torch.from_numpy(np.log(grid.scales).astype(np.float32))
             self.log_scales = torch.nn.Parameter(log_s, requires_grad=train_grid)
@@ -62,13 +104,10 @@ def _fake_quant_module():
         def forward(self, w):
             if self.bits == 1:
                 d16 = torch.exp(self.log_scales)
-                d = (d16 + (d16.half().float() - d16).detach())[:, self.cols]
-                return torch.where(w >= 0, d, -d) + (w - w.detach())
-            d = torch.exp(stored(self.log_scales))[:, self.cols]
-            z = stored(self.zero_points)[:, self.cols]
-            u = w / d.detach() + z.detach()
-            c = torch.clamp(u + (torch.round(u) - u).detach(), 0.0, self.qmax)
-            return (c - z) * d
+                d = d16 + (d16.half().float() - d16).detach()
+                return RoundToGrid.apply(w, d, None, self.qmax, self.block)
+            d = torch.exp(stored(self.log_scales))
+            return RoundToGrid.apply(w, d, stored(self.zero_points), self.qmax, self.block)
 
         def grid(self) -> Grid:
             z = None if self.bits == 1 else self.zero_points.detach().numpy()
@@ -111,13 +150,8 @@ def qat(model, bits, steps: int, *, tokenizer=None, texts=None, ids=None, init: 
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if ids is None:
-        if tokenizer is None:
-            raise ValueError("pass calibration token ids (ids=...) or a tokenizer")
-        text = None if texts is None else "\n\n".join([texts] if isinstance(texts, str) else list(texts))
-        ids = calibration_ids(tokenizer, windows, window, text)
-    ids = np.asarray(ids, np.int64)
-    if ids.ndim != 2 or len(ids) < batch:
+    ids = token_windows(tokenizer, texts, ids, windows, window)
+    if len(ids) < batch:
         raise ValueError(f"need at least {batch} token windows [W, T], got shape {ids.shape}")
     named = [(n, m) for i, layer in enumerate(decoder_layers(model))
              for n, m in linear_modules(layer, f"model.layers.{i}.")]
