@@ -220,7 +220,8 @@ def test_q1_file_holds_one_bit_weights_and_runs(tiny, tmp_path):
     mp = mapping.linear_initializers(model, fp32)
     shapes = mapping.matmul_weights(fp32)
     weights = gptq_model(model, 1, ids=calib)
-    q1 = variant.lowbit_variant(fp32, "q1", variant.by_initializer(weights, mp))
+    # every weight at 1 bit, the tied table too (the Bonsai layout)
+    q1 = variant.build_variant(fp32, variant.by_initializer(weights, mp), table_bits=1)
     f = _save(q1, tmp_path / "model_q1.onnx")
     big = _big_initializers(onnx.load(str(f)))
     for init, (k, n) in shapes.items():  # every layer weight: sign bits [N, K/8] on disk, nothing wider
@@ -255,8 +256,16 @@ def test_q1_file_holds_one_bit_weights_and_runs(tiny, tmp_path):
 
     ref = _torch_logits(model, weights, 1, held[:2])
     assert np.abs(ref - np.stack(onnx_logits(f, held[:2]))).max() < 1e-3
-    rtn_q1 = compare_onnx(path, variant.lowbit_variant(fp32, "q1"), held)
+    rtn_q1 = compare_onnx(path, variant.build_variant(fp32, variant.rtn_weights(fp32, 1), table_bits=1), held)
     assert compare_onnx(path, f, held)["kl"] < rtn_q1["kl"]
+
+    # the q1 recipe: 1-bit layers, the table at 4 bits (GatherBlockQuantized, rewritten in standard ops)
+    recipe = variant.lowbit_variant(fp32, "q1", variant.by_initializer(weights, mp))
+    assert not [n for n in recipe.graph.node if n.op_type == "GatherBlockQuantized"]
+    table4 = _big_initializers(recipe)["base.embed_tokens.weight_q4/B"]
+    assert table4.dtype == np.uint8 and table4.size == v * h // 2
+    ref4 = _torch_logits(model, weights, 4, held[:2])
+    assert np.abs(ref4 - np.stack(onnx_logits(recipe, held[:2]))).max() < 1e-3
 
 
 def test_fp16_forms_match_their_fp32_forms(tiny):

@@ -79,17 +79,6 @@ class Grid:
         z = _per_column(self.zero_points, self.k, self.block)
         return ((codes.astype(np.float32) - z) * d).astype(np.float32)
 
-    def column(self, w_col: np.ndarray, k: int):
-        """(codes, values) of column ``k`` of the weight: the rounding GPTQ applies column by column."""
-        b = k // self.block
-        d = self.scales[:, b]
-        if self.bits == 1:
-            c = (w_col >= 0).astype(np.float64)
-            return c, (2.0 * c - 1.0) * d
-        z = self.zero_points[:, b]
-        c = np.clip(np.round(w_col / d + z), 0, self.qmax)
-        return c, (c - z) * d
-
     @staticmethod
     def stored(bits: int, block: int, k: int, scales: np.ndarray, zero_points: np.ndarray | None) -> "Grid":
         """The grid the file will hold for these float scales / zero points (8-bit or fp16 storage applied)."""
