@@ -6,6 +6,8 @@ webformers repo and measuring it. The runtime never imports it.
   (``evaluate``, with its own reference decoding loop);
 - ``demo`` / ``whisper/``: the demo models (tiny random Llama, SmolLM2, Whisper tiny.en), built once into
   the content-keyed cache of ``buildcache``.
+- ``lowbit/``: 1/2/4-bit decoder weights by calibration (GPTQ on fitted grids) or quantization-aware
+  training, written into the layouts of ``quantize/``.
 
 Public API (imports are lazy: torch/transformers load only when used)::
 
