@@ -148,7 +148,7 @@ class ChunkedStore:
 
     async def _lookup(self, url: str):
         """``(meta, index)``: ``(None, None)`` when nothing is stored at ``url``, ``(meta, None)`` for a file
-        stored whole, the index (None when unreadable) as well for a chunked file."""
+        stored whole, the index as well for a chunked file (``{}`` when it is unreadable)."""
         meta = await self.store.meta(url)
         if meta is None or meta.get("layout") != LAYOUT:
             return meta, None
@@ -177,7 +177,7 @@ class ChunkedStore:
                 await self.store.delete(url)
                 return Stored([(0, size)], [False], [None], problems=[(None, problem)])
             return Stored([(0, size)], [True], [sha256], data=data, verified=1, file_checked=True)
-        if index.get("size") != size or index.get("sha256") not in (sha256, None) or not index["chunks"]:
+        if index.get("size") != size or index.get("sha256") not in (sha256, None) or not index.get("chunks"):
             await self.delete(url)  # another version of the file, or an unreadable index
             return None
         chunks = index["chunks"]
