@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""webformers project commands: setup, build, serve, test, generate, bench.
+"""webformers project commands: setup, build, serve, test, generate, bench, readme.
 
     python3 build.py serve      # set up, build dist/site and serve the demo (prints the URL)
     python3 build.py test       # set up, build and run the test suite (what CI runs)
@@ -107,6 +107,12 @@ def bench(args):
     sys.exit(run(args))
 
 
+def readme(args):
+    sys.path.insert(0, str(ROOT))
+    from buildtools.readme import main as run
+    run(from_site=args.from_site)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="build.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +151,10 @@ def main(argv=None):
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-models", action="store_true")
     p.set_defaults(fn=bench)
+    p = sub.add_parser("readme", help="regenerate the README's measured tables from docs/reports/")
+    p.add_argument("--from-site", action="store_true",
+                   help="first copy the demo models' quantization reports from dist/site/models")
+    p.set_defaults(fn=readme)
     args = ap.parse_args(argv)
     args.fn(args)
 

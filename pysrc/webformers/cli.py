@@ -18,21 +18,21 @@ def _convert(a) -> int:
         return 2
     print(f"wrote {res['out']} ({', '.join(res['dtypes'])}) in {res['timings']['total']:.1f} s")
     if res["report"]:
-        from .toolchain.evaluate import format_table
+        from .report import format_table
 
         print(format_table(res["report"]))
     return 0
 
 
 def _report(a) -> int:
-    from .toolchain.evaluate import format_table, load_report
+    from .report import format_markdown, format_table, load_report
 
     try:
         rep = load_report(a.repo)
     except (FileNotFoundError, ValueError) as e:
         print(f"webformers report: error: {e}", file=sys.stderr)
         return 2
-    print(format_table(rep))
+    print(format_markdown(rep) if a.markdown else format_table(rep))
     return 0
 
 
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     c.set_defaults(func=_convert)
     r = sub.add_parser("report", help="print a repo's quantization_report.json as a table")
     r.add_argument("repo")
+    r.add_argument("--markdown", action="store_true", help="Markdown tables (as quoted in the README)")
     r.set_defaults(func=_report)
     m = sub.add_parser("manifest", help="write onnx/manifest.json (sizes, sha256, dtypes) into a repo exported "
                                         "elsewhere (transformers.js layout), so every file is verified")

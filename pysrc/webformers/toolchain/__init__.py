@@ -15,7 +15,7 @@ Public API (imports are lazy: torch/transformers load only when used)::
     make_variant(fp32_model, dtype) -> onnx.ModelProto
     build_demo_models(out_root, which=("tiny", "smollm2")) -> {name: Path}
     reference_greedy(repo_dir, dtype, prompt_ids, n, eos_token_id=None) -> list[int]
-    evaluate_repo(repo_dir, dtypes, ...) -> report dict;  format_table(report) -> str
+    evaluate_repo(repo_dir, dtypes, ...) -> report dict
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ _LAZY = {
     "SUPPORTED_ARCHITECTURES": "convert",
     "make_variant": "quantize", "SUPPORTED": "quantize",
     "export_decoder": "export",
-    "evaluate_repo": "evaluate", "reference_greedy": "evaluate", "format_table": "evaluate",
-    "write_chart": "evaluate", "held_out_text": "evaluate", "load_report": "evaluate",
+    "evaluate_repo": "evaluate", "reference_greedy": "evaluate",
+    "write_chart": "evaluate", "held_out_text": "evaluate",
     "build_demo_models": "demo", "toolchain_fingerprint": "demo",
 }
 

@@ -1,0 +1,51 @@
+"""The README's measured tables are generated from the reports they quote (docs/reports/), and those
+reports describe the demo models this checkout builds."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from buildtools import readme
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE_MODELS = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist")) / "site" / "models"
+
+
+def test_readme_tables_are_the_reports_rendered():
+    text = readme.README.read_text()
+    found = readme.blocks(text)
+    assert set(found) == set(readme.SOURCES), f"README report blocks: {sorted(found)}"
+    assert readme.render(text) == text, "README tables differ from docs/reports/: run python3 build.py readme"
+
+
+def test_render_replaces_a_stale_table():
+    stale = "x\n<!-- report:smollm2 -->\n| made up |\n<!-- /report -->\ny\n"
+    out = readme.render(stale)
+    assert "made up" not in out and "| q4 |" in out and out.startswith("x\n") and out.endswith("y\n")
+
+
+@pytest.mark.parametrize("name", sorted(readme.SOURCES))
+def test_quoted_report_matches_the_built_model(name):
+    built = SITE_MODELS / readme.SOURCES[name] / "quantization_report.json"
+    if not built.is_file():
+        pytest.fail(f"{built} is missing: build the demo models (python3 build.py build)")
+    got, quoted = json.loads(built.read_text()), readme.load(name)
+    assert {m: sorted(v) for m, v in got["modules"].items()} == {m: sorted(v) for m, v in quoted["modules"].items()}, \
+        "the built model has other variants than the README quotes: python3 build.py readme --from-site"
+    for module, variants in got["modules"].items():
+        for dtype, row in variants.items():
+            q = quoted["modules"][module][dtype]
+            assert row["bytes"] == q["bytes"], f"{name} {module} {dtype}: built {row['bytes']} B, quoted {q['bytes']} B"
+            for key in ("kl", "top1"):  # quality depends on float summation order: close, not equal
+                if key in row and row[key] is not None:
+                    assert math.isclose(row[key], q[key], rel_tol=0.15, abs_tol=0.02), (name, module, dtype, key)
+    if got.get("grid"):
+        wer = lambda rep: {tuple(sorted((k, v) for k, v in g.items() if k != "wer" and isinstance(v, str))): g["wer"]
+                           for g in rep["grid"]}  # noqa: E731
+        a, b = wer(got), wer(quoted)
+        assert a.keys() == b.keys()
+        assert max(abs(a[k] - b[k]) for k in a) <= 0.06, "the WER grid moved by more than ~5 words"
