@@ -6,6 +6,11 @@
 // "warm start" replays the last load of a model on this origin from the Cache API (files checked
 // against their sha256 first), and Python adopts those sessions when it asks for the same files.
 //
+// create's `options` are InferenceSession options plus `form` (exec-form.js: "native", the default, or "fp32":
+// the model is rewritten first and created with SESSION_EXTRA); it returns {sid, info, form: {form, changed,
+// weights, rewrite_ms}}. A warm-start plan entry keeps the options (so the replay creates the same form) and
+// the form choice Python made, which adopt hands back.
+//
 // An RPC server (rpc.js) with the methods init(threads, base, hooks), create(model, external, options),
 // run(sid, feeds, fetch, free), release(refs), dispose(sid), warmStart(model), adopt(key), dropWarm(),
 // remember(model, module, plan). init comes first; every other request waits for it. `hooks`: the URL
@@ -13,6 +18,7 @@
 // session exists (the benchmark's probes, web/bench/probe.js).
 import { RpcServer, withTransfer } from "./rpc.js";
 import { sha256Hex } from "./sha256.js";
+import { expandQuantizedMatmuls, SESSION_EXTRA } from "./exec-form.js";
 
 let ort = null;
 const sessions = new Map();  // sid -> InferenceSession
@@ -33,12 +39,20 @@ function sessionInfo(s) {
 }
 
 async function create(model, external, options) {
-  const opts = { ...options };
+  const { form: formName = "native", ...opts } = options;
   if (external && external.length) opts.externalData = external;
+  const form = { form: formName, changed: 0, weights: 0, rewrite_ms: 0 };
+  if (formName !== "native") {
+    const t0 = performance.now();
+    const r = expandQuantizedMatmuls(model, formName);
+    form.rewrite_ms = Math.round((performance.now() - t0) * 10) / 10;
+    [model, form.changed, form.weights] = [r.bytes, r.changed, r.weights];
+    opts.extra = { ...opts.extra, session: { ...(opts.extra || {}).session, ...SESSION_EXTRA.session } };
+  }
   const s = await serial(() => ort.InferenceSession.create(model, opts));
   const sid = nextSid++;
   sessions.set(sid, s);
-  return { sid, info: sessionInfo(s) };
+  return { sid, info: sessionInfo(s), form };
 }
 
 function free(refs) {
@@ -143,7 +157,7 @@ async function warmOne(entry) {
       datas.push(bytes);
     }
     const external = entry.files.slice(1).map((f, i) => ({ path: f.path, data: datas[i + 1] }));
-    return await create(datas[0], external, entry.options);
+    return { ...(await create(datas[0], external, entry.options)), choice: entry.choice || null };
   } catch (e) {
     return null;  // the regular load reports whatever is wrong
   }

@@ -7,6 +7,8 @@
   kernels (``CPU_MATMUL_ON_WEBGPU``: the dtypes whose matmuls run on the CPU inside a WebGPU session),
   the WebGPU adapter features it needs (``FP16_FEATURE``) and what loads instead without them (fp16 ->
   fp32, q4f16 -> q4, ...);
+- execution facts: ``DType.fp32_form_bytes`` (which dtypes have an fp32 execution form, see
+  ``runtime.forms``, and the bytes per quantized weight it takes at load), ``has_fp32_form(dtype)``;
 - file names: ``onnx_file(module, dtype)``, ``dtype_of_file(path, modules)``. They follow the
   transformers.js / onnx-community layout (``onnx/{module}{suffix}.onnx``) so that model repos move
   freely between webformers and transformers.js.
@@ -19,7 +21,7 @@ from types import MappingProxyType
 __all__ = [
     "DType", "DTYPES", "DEVICES", "get_dtype", "check_device", "onnx_file", "dtype_of_file",
     "FP16_FEATURE", "CPU_MATMUL_ON_WEBGPU", "DEFAULT_DEVICE_DTYPES", "default_dtype", "Support",
-    "device_support",
+    "device_support", "has_fp32_form",
 ]
 
 FP16_FEATURE = "shader-f16"
@@ -44,6 +46,11 @@ class DType:
     native_on: tuple = DEVICES
     #: op types a file of this dtype typically carries (for documentation; the manifest has the truth).
     ops: tuple = ()
+    #: the fp32 execution form (``runtime.forms``): bytes per quantized weight it takes while the session is
+    #: created, beyond the file (4 for the fp32 weight + 4 for onnxruntime's packed copy; 16 for NF4, whose
+    #: decode keeps its intermediates until folding ends). None: no fp32 form (the file's matmuls are fp32,
+    #: fp16 or MatMulInteger already, or their codes are computed at load: q1).
+    fp32_form_bytes: int | None = None
 
 
 _F16 = frozenset({FP16_FEATURE})
@@ -57,11 +64,13 @@ DTYPES: dict[str, DType] = {d.name: d for d in [
           native_on=("wasm",), ops=("MatMulInteger",)),
     DType("uint8", "_uint8", 8, "8-bit dynamic, unsigned per-channel weights",
           native_on=("wasm",), ops=("MatMulInteger",)),
-    DType("q4", "_q4", 4, "4-bit blockwise (MatMulNBits, block 32)", ops=("MatMulNBits",)),
-    DType("q4f16", "_q4f16", 4, "4-bit blockwise, fp16 activations", _F16, "q4", ops=("MatMulNBits",)),
-    DType("bnb4", "_bnb4", 4, "4-bit NormalFloat (MatMulBnb4, block 64)", ops=("MatMulBnb4",)),
-    DType("q2", "_q2", 2, "2-bit blockwise (MatMulNBits)", ops=("MatMulNBits",)),
-    DType("q2f16", "_q2f16", 2, "2-bit blockwise, fp16 activations", _F16, "q2", ops=("MatMulNBits",)),
+    DType("q4", "_q4", 4, "4-bit blockwise (MatMulNBits, block 32)", ops=("MatMulNBits",), fp32_form_bytes=8),
+    DType("q4f16", "_q4f16", 4, "4-bit blockwise, fp16 activations", _F16, "q4", ops=("MatMulNBits",),
+          fp32_form_bytes=8),
+    DType("bnb4", "_bnb4", 4, "4-bit NormalFloat (MatMulBnb4, block 64)", ops=("MatMulBnb4",), fp32_form_bytes=16),
+    DType("q2", "_q2", 2, "2-bit blockwise (MatMulNBits)", ops=("MatMulNBits",), fp32_form_bytes=8),
+    DType("q2f16", "_q2f16", 2, "2-bit blockwise, fp16 activations", _F16, "q2", ops=("MatMulNBits",),
+          fp32_form_bytes=8),
     DType("q1", "_q1", 1, "1-bit packed weights", ops=("MatMulNBits",)),
     DType("q1f16", "_q1f16", 1, "1-bit packed weights, fp16 activations", _F16, "q1", ops=("MatMulNBits",)),
 ]}
@@ -128,6 +137,11 @@ def device_support(dtype, device: str, features=()) -> Support:
         fallback = None if cur.requires - features else cur.name
     cpu = device not in d.native_on
     return Support(native=not cpu and not missing, cpu_matmuls=cpu, missing=missing, fallback=fallback)
+
+
+def has_fp32_form(dtype) -> bool:
+    """Whether ``dtype``'s block-quantized matmuls have an fp32 execution form (see ``runtime.forms``)."""
+    return get_dtype(dtype).fp32_form_bytes is not None
 
 
 def onnx_file(module: str, dtype: str) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from .runtime.forms import check_form_args
+
 __all__ = ["pipeline", "SUPPORTED_TASKS"]
 
 #: task -> (module, class): the pipeline class, imported when the task is first asked for
@@ -17,7 +19,8 @@ SUPPORTED_TASKS = {
 
 
 async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: str = "main", host: str | None = None,
-                   progress_callback=None, strict: bool = False, max_bytes: int | None = None):
+                   progress_callback=None, strict: bool = False, max_bytes: int | None = None,
+                   execution: str = "auto", max_memory=None):
     """Load the pipeline for ``task`` (``await`` it).
 
     Args:
@@ -37,6 +40,11 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: s
         strict: raise instead of falling back (a dtype the device cannot run natively, WebGPU without an
             adapter).
         max_bytes: the download budget for ``dtype="auto"``.
+        execution: the execution form per module (``webformers.runtime.forms``): ``"auto"`` (fp32 weights on
+            wasm when they fit ``max_memory``, else the stored file), ``"native"`` or ``"fp32"``; the files are
+            the dtype's either way.
+        max_memory: the memory budget for ``execution="auto"``: bytes or a size like ``"1.5GB"`` (default
+            2.5 GB).
 
     Returns:
         The task's pipeline, ready to call (``await pipe(inputs, ...)``); ``pipe.dispose()`` frees its sessions.
@@ -44,14 +52,16 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: s
     Raises:
         ValueError: an unknown task (the message lists the supported ones), no model, or what loading the
             model raises (repo not found, a file failing its sha256 check, an unknown or missing dtype /
-            device, a fallback with ``strict=True``, a repo without the task's modules).
+            device, an unknown execution, a fallback with ``strict=True``, a repo without the task's modules).
         TokenizerError: the repo's tokenizer.json is invalid or unsupported.
     """
     if task not in SUPPORTED_TASKS:
         raise ValueError(f"unknown pipeline task {task!r}; supported tasks: {', '.join(SUPPORTED_TASKS)}")
     if model is None:
         raise ValueError("pipeline needs a model: a repo id like 'webformers/tiny-random-llama'")
+    form_request = check_form_args(execution, max_memory)
     module, name = SUPPORTED_TASKS[task]
     cls = getattr(importlib.import_module(module), name)
     return await cls.from_pretrained(model, dtype=dtype, device=device, revision=revision, host=host,
-                                     progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)
+                                     progress_callback=progress_callback, strict=strict, max_bytes=max_bytes,
+                                     execution=form_request)

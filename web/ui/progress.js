@@ -64,12 +64,16 @@ export class ProgressView {
       (n ? ` · ${n} file${n > 1 ? "s" : ""}${cached ? `, ${cached} cached` : ""}` : "");
   }
 
-  /** The load finished: show the timing (info from webapp.load). */
+  /** The load finished: show the dtypes, execution forms other than native, and the timing (info from
+   *  chat.load); the status's tooltip says why each module runs in its form. */
   finish(info) {
     this.finished = true;
-    const dt = Object.entries(info.dtypes || {}).map(([m, d]) => `${m}: ${d}`).join(", ");
+    const forms = info.forms || {};
+    const dt = Object.entries(info.dtypes || {}).map(([m, d]) =>
+      `${m}: ${d}` + (forms[m] && forms[m].form !== "native" ? `, ${forms[m].form} form` : "")).join(", ");
     $(this.ids.status).textContent =
       `Loaded ${info.model} (${dt}) on ${info.device} in ${(info.load_ms / 1000).toFixed(2)} s.`;
+    $(this.ids.status).title = Object.entries(forms).map(([m, f]) => `${m}: ${f.reason}`).join("\n");
     $(this.ids.status).className = "ok";
   }
 

@@ -4,7 +4,8 @@
 
     await webapp.environment()                     -> adapter, devices, dtype registry
     await webapp.model_info(model_id, device)       -> per-module dtype options: bytes, quality, native?
-    await webapp.load(model_id, dtype, device, max_bytes=None) -> what was loaded (dtypes, device, ms)
+    await webapp.load(model_id, dtype, device, max_bytes=None, execution="auto", max_memory=None)
+                                                    -> what was loaded (dtypes, forms, device, ms)
     await webapp.chat(messages, settings)           -> reply + TTFT / tokens/s (text streamed as events)
     await webapp.generate_ids(prompt_ids, max_new_tokens, **settings) -> new token ids (greedy checks)
     webapp.reset_conversation()                      -> drops the kept KV cache
@@ -25,6 +26,7 @@ from ..runtime import backend
 from .. import store as hub
 from ..dtypes import DEVICES, DTYPES, check_device, device_support, get_dtype
 from ..store import REPORT_PATH, ModelRepo
+from ..runtime.forms import check_form_args
 from ..runtime.plan import check_dtype_arg
 from ..platform import emit_page_event, reset_stop, stop_requested
 
@@ -127,13 +129,15 @@ def unload() -> None:
 
 
 async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int | None = None,
-               host: str | None = None) -> dict:
+               host: str | None = None, execution: str = "auto", max_memory=None) -> dict:
     """Load ``model_id`` as a text-generation pipeline (replacing the loaded one). ``dtype`` is a name,
-    ``"auto"`` or ``{module: dtype}``; ``max_bytes`` bounds the download for "auto" choices. Progress
-    and warning events stream to the page; the result says what was loaded and how long it took."""
+    ``"auto"`` or ``{module: dtype}``; ``max_bytes`` bounds the download for "auto" choices; ``execution``
+    and ``max_memory`` choose the execution form (``runtime.forms``). Progress and warning events stream to
+    the page; the result says what was loaded, in which form (``forms``) and how long it took."""
     from ..pipelines import pipeline
 
     request = check_dtype_arg(dtype)
+    form_request = check_form_args(execution, max_memory)
     check_device(device)
     if max_bytes is not None:
         if isinstance(max_bytes, float) and max_bytes.is_integer():
@@ -144,14 +148,17 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
     t0 = time.perf_counter()
     kw = {"host": host} if host else {}
     try:
-        pipe = await pipeline("text-generation", model_id, dtype=request, device=device, max_bytes=max_bytes, **kw)
+        pipe = await pipeline("text-generation", model_id, dtype=request, device=device, max_bytes=max_bytes,
+                              execution=form_request, **kw)
     except Exception as e:
         _emit({"status": "error", "message": f"loading {model_id} failed: {e}"})
         raise
     ms = (time.perf_counter() - t0) * 1000.0
     lm = pipe.model
     info = {"model": model_id, "dtype": lm.dtype, "dtypes": {"model": lm.dtype}, "device": lm.device,
-            "requested": {"dtype": request.as_arg(), "device": device, "max_bytes": max_bytes},
+            "forms": dict(lm.load_timings.get("forms", {})),
+            "requested": {"dtype": request.as_arg(), "device": device, "max_bytes": max_bytes,
+                          "execution": form_request.execution, "max_memory": form_request.max_memory},
             "warnings": list(lm.warnings), "load_ms": round(ms, 1),
             "layers": lm.num_layers, "context": lm.max_position_embeddings}
     _state.update(pipe=pipe, model=model_id, info=info)

@@ -10,6 +10,11 @@ once (verified by the store) and creates one session per module.
 Sessions get external data (``*.onnx_data`` files of the variant) and, under WebGPU, keep their
 ``present*`` outputs (the KV cache) on the GPU unless ``keep_on_device`` names other outputs per module.
 
+Each session is created in an execution form (``runtime.forms``: ``execution="auto"|"native"|"fp32"``,
+``max_memory``): the files are the dtype's either way. ``timings["forms"]`` says, per module, the form, why
+(``reason``), ``est_peak_bytes``, ``expanded_matmuls``, ``expanded_weights`` and ``rewrite_ms``; it is left
+out when no form was chosen (``execution="auto"`` on CPython runs every stored file as it is).
+
 Warm start (browser): a session the backend created ahead of time for the same files and options
 (``backend.adopt_session``) is adopted instead of fetching and creating it; after creating a session
 from Cache API files, ``backend.remember_warm_start`` records how, for the next page.
@@ -21,9 +26,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import backend
+from . import backend, forms
+from .. import platform
 from ..store import REPORT_PATH, LoadEvents, ModelRepo
-from .onnx_info import onnx_output_names
+from .exec_form import SESSION_CONFIG
+from .onnx_info import onnx_output_names, quantized_matmul_weights
 from .plan import check_dtype_arg, select_dtypes
 
 __all__ = ["Loaded", "load_sessions", "ADAPTER_OVERRIDE"]
@@ -43,7 +50,8 @@ class Loaded:
     adapter: dict = field(default_factory=dict)
     bytes: int = 0
     #: wall-clock ms: "files" (fetch or cache read + verification, all files at once) and one
-    #: "session:<module>" per InferenceSession created
+    #: "session:<module>" per InferenceSession created; "warm_started" (modules adopted) and "forms"
+    #: ({module: execution form report} when a form was chosen, see the module docstring)
     timings: dict = field(default_factory=dict)
 
     def __getitem__(self, module: str):
@@ -62,12 +70,39 @@ def _main_first(module: str, files: list[str]) -> list[str]:
     return main + [f for f in files if f != main[0]]
 
 
+def _choose_forms(plan, request: forms.FormRequest, adopted: dict, by_path: dict, sizes: dict) -> dict:
+    """{module: FormChoice}: adopted sessions keep the choice recorded with them; the others' weights are
+    counted from their main file when the choice depends on them."""
+    facts, fixed = [], {}
+    for m, files in plan.files.items():
+        if m in adopted:
+            fixed[m] = forms.FormChoice(**adopted[m].choice)
+            facts.append(forms.ModuleFacts(m, plan.dtypes[m], sum(sizes[f] or 0 for f in files)))
+            continue
+        main = _main_first(m, files)[0]
+        counted = request.fixed_form(plan.dtypes[m], plan.device, backend.backend_name) != "native"
+        facts.append(forms.ModuleFacts(m, plan.dtypes[m], sum(platform.byte_length(by_path[f]) for f in files),
+                                       quantized_matmul_weights(by_path[main]) if counted else None))
+    return forms.choose_forms(facts, request, device=plan.device, backend=backend.backend_name, fixed=fixed)
+
+
+def _form_report(choice: forms.FormChoice, done: dict) -> dict:
+    """What ``timings["forms"]`` says of one module: the choice and what the backend did."""
+    out = {**choice.as_dict(), "expanded_matmuls": done["changed"], "expanded_weights": done["weights"],
+           "rewrite_ms": done["rewrite_ms"]}
+    if choice.form == "fp32":
+        out["session_config"] = dict(SESSION_CONFIG)
+    return out
+
+
 async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dtype="auto", device="auto",
                         strict: bool = False, max_bytes: int | None = None, progress_callback=None,
-                        keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None) -> Loaded:
-    """Plan dtypes/device (``runtime.plan``), fetch the files and create one session per module (see the
-    module docstring)."""
+                        keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None,
+                        execution="auto", max_memory=None) -> Loaded:
+    """Plan dtypes/device (``runtime.plan``), fetch the files and create one session per module in its
+    execution form (``runtime.forms``; see the module docstring)."""
     request = check_dtype_arg(dtype)
+    form_request = forms.check_form_args(execution, max_memory)
     if adapter is None:
         adapter = ADAPTER_OVERRIDE if ADAPTER_OVERRIDE is not None else await backend.adapter_info()
     # the report only matters when some module may end up "auto" (a mapping can leave modules out)
@@ -94,9 +129,13 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     sessions = {}
     try:
         # sessions the backend started before we asked (the browser's warm start, see backend/_ortweb.py)
-        keys = {m: backend.session_key([repo.manifest.entry(f) for f in _main_first(m, files)], plan.device,
-                                       None if keep_on_device is None else keep_on_device.get(m, ()))
-                for m, files in plan.files.items()}
+        def key(m):
+            load_sha256 = [str(repo.manifest.entry(f)["sha256"]) for fs in plan.files.values() for f in fs]
+            form = form_request.key(plan.dtypes[m], plan.device, backend.backend_name, load_sha256)
+            return backend.session_key([repo.manifest.entry(f) for f in _main_first(m, plan.files[m])],
+                                       plan.device, None if keep_on_device is None else keep_on_device.get(m, ()),
+                                       form)
+        keys = {m: key(m) for m in plan.files}
         for m in plan.files:
             s = await backend.adopt_session(keys[m], plan.device)
             if s is not None:
@@ -111,6 +150,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
             timings["warm_started"] = sorted(sessions)
         by_path = dict(zip(to_read, datas))
         warnings.extend(repo.warnings[n_before:])
+        choices = _choose_forms(plan, form_request, sessions, by_path, sizes)
 
         for m, files in plan.files.items():
             if m in sessions:
@@ -125,13 +165,17 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
                 keep = []
             t0 = time.perf_counter()
             sessions[m] = await backend.create_session(by_path[main], device=plan.device,
-                                                       external_data=external or None, keep_on_device=keep)
+                                                       external_data=external or None, keep_on_device=keep,
+                                                       form=choices[m].form)
             timings[f"session:{m}"] = round((time.perf_counter() - t0) * 1000, 1)
             if repo.use_cache and repo.cache_name:
                 await backend.remember_warm_start(repo.model, m, {
                     "key": keys[m], "cache": repo.cache_name, "device": plan.device, "keep": keep,
+                    "form": choices[m].form, "choice": choices[m].as_dict(),
                     "files": [{"url": repo.url(f), "path": f.rsplit("/", 1)[-1],
                                "sha256": repo.manifest.entry(f)["sha256"]} for f in (main, *rest)]})
+        if form_request.chooses(backend.backend_name):
+            timings["forms"] = {m: _form_report(choices[m], sessions[m].form) for m in plan.files}
     except BaseException:
         for s in sessions.values():
             s.dispose()

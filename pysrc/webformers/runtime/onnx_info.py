@@ -1,4 +1,5 @@
-"""What an ONNX model's framing says, read without onnx or protobuf: ``onnx_output_names(data)``.
+"""What an ONNX model's framing says, read without onnx or protobuf: ``onnx_output_names(data)``,
+``quantized_matmul_weights(data)``.
 
 Only the protobuf framing is walked, through a window of the bytes, so for model bytes that live in JS
 (the browser) only small slices cross into Python.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from .. import platform
 
-__all__ = ["onnx_output_names"]
+__all__ = ["onnx_output_names", "quantized_matmul_weights"]
 
 
 class _Reader:
@@ -28,7 +29,12 @@ class _Reader:
         return self.buf[pos - self.start]
 
     def bytes(self, pos: int, end: int) -> bytes:
-        return bytes(self.byte(i) for i in range(pos, end))
+        if not (self.start <= pos and end <= self.start + len(self.buf)):
+            if end - pos > self.WINDOW:
+                return platform.byte_slice(self.data, pos, end)
+            self.buf = platform.byte_slice(self.data, pos, min(self.n, pos + self.WINDOW))
+            self.start = pos
+        return self.buf[pos - self.start:end - self.start]
 
 
 def _varint(r: _Reader, pos: int):
@@ -78,3 +84,58 @@ def onnx_output_names(data) -> list[str]:
                             break
             return names
     raise ValueError("not an ONNX model: no graph found")
+
+
+def _graph(r: _Reader):
+    for num, wt, v in _fields(r, 0, r.n):
+        if num == 7 and wt == 2:  # ModelProto.graph
+            return v
+    raise ValueError("not an ONNX model: no graph found")
+
+
+def _matmul(node: bytes):
+    """(weight input, K*N) of a com.microsoft MatMulNBits / MatMulBnb4 NodeProto, else None."""
+    r = _Reader(node)
+    inputs, op, domain, attrs = [], "", "", {}
+    for num, wt, v in _fields(r, 0, r.n):
+        if wt != 2:
+            continue
+        if num == 1:
+            inputs.append(r.bytes(*v))
+        elif num == 4:
+            op = r.bytes(*v)
+        elif num == 7:
+            domain = r.bytes(*v)
+        elif num == 5:  # AttributeProto: name (1), i (3)
+            name = value = None
+            for anum, awt, av in _fields(r, *v):
+                if anum == 1 and awt == 2:
+                    name = r.bytes(*av)
+                elif anum == 3 and awt == 0:
+                    value = av
+            attrs[name] = value
+    if domain != b"com.microsoft" or op not in (b"MatMulNBits", b"MatMulBnb4") or len(inputs) < 2:
+        return None
+    return inputs[1], (attrs.get(b"K") or 0) * (attrs.get(b"N") or 0)
+
+
+def quantized_matmul_weights(data) -> int:
+    """How many weights (sum of K*N) the ``com.microsoft`` MatMulNBits / MatMulBnb4 nodes of an ONNX model's main
+    graph hold in initializers: what the fp32 execution form expands (``runtime.exec_form``). ``data``: bytes or
+    a JS Uint8Array; only the nodes and the initializers' names are read."""
+    r = _Reader(data)
+    inits, matmuls = set(), []
+    for num, wt, v in _fields(r, *_graph(r)):
+        if wt != 2:
+            continue
+        if num == 1:  # GraphProto.node
+            node = r.bytes(*v)
+            m = _matmul(node) if b"MatMulNBits" in node or b"MatMulBnb4" in node else None
+            if m is not None:
+                matmuls.append(m)
+        elif num == 5:  # GraphProto.initializer: TensorProto.name (8)
+            for tnum, twt, tv in _fields(r, *v):
+                if tnum == 8 and twt == 2:
+                    inits.add(r.bytes(*tv))
+                    break
+    return sum(kn for weight, kn in matmuls if weight in inits)

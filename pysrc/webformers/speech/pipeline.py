@@ -34,11 +34,12 @@ class AutomaticSpeechRecognitionPipeline:
 
     @classmethod
     async def from_pretrained(cls, model, *, dtype="auto", device="auto", revision="main", host=None,
-                              progress_callback=None, strict=False, max_bytes=None):
+                              progress_callback=None, strict=False, max_bytes=None, execution="auto", max_memory=None):
         """Load both Whisper modules (``webformers.speech.whisper.load_whisper``) and the tokenizer;
         arguments as ``pipeline``. When the tokenizer fails, the sessions are freed and the error raised."""
         wm, repo = await load_whisper(model, dtype=dtype, device=device, revision=revision, host=host,
-                                      progress_callback=progress_callback, strict=strict, max_bytes=max_bytes)
+                                      progress_callback=progress_callback, strict=strict, max_bytes=max_bytes,
+                                      execution=execution, max_memory=max_memory)
         try:
             tok = await AutoTokenizer.from_pretrained(repo)
         except BaseException:

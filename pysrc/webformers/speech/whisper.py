@@ -22,6 +22,7 @@ import numpy as np
 from ..generation.config import GenerationConfig
 from ..generation.loop import DecoderStep, generate_tokens
 from ..runtime import backend as _backend
+from ..runtime.forms import check_form_args
 from ..runtime.load import load_sessions
 from ..store import ModelRepo
 
@@ -149,9 +150,11 @@ class WhisperModel:
 
 
 async def load_whisper(model, *, dtype="auto", device="auto", revision="main", host=None, progress_callback=None,
-                       strict=False, max_bytes=None):
+                       strict=False, max_bytes=None, execution="auto", max_memory=None):
     """``(WhisperModel, repo)``: open ``model`` (a repo id or an open ``ModelRepo``) and load both modules with
-    ``dtype`` (a name, ``"auto"`` or ``{"encoder_model": ..., "decoder_model_merged": ...}``) on ``device``."""
+    ``dtype`` (a name, ``"auto"`` or ``{"encoder_model": ..., "decoder_model_merged": ...}``) on ``device``, in
+    the execution forms ``execution`` / ``max_memory`` choose (``runtime.forms``)."""
+    form_request = check_form_args(execution, max_memory)
     repo = model if isinstance(model, ModelRepo) else await ModelRepo.open(
         model, revision=revision, host=host, progress_callback=progress_callback)
     have = repo.manifest.modules
@@ -165,7 +168,7 @@ async def load_whisper(model, *, dtype="auto", device="auto", revision="main", h
     n_layers = int(config.get("decoder_layers") or 0)
     keep = [f"present.{i}.{p}.{kv}" for i in range(n_layers) for p in ("decoder", "encoder") for kv in ("key", "value")]
     kw = {"dtype": dtype, "device": device, "strict": strict, "progress_callback": progress_callback,
-          "keep_on_device": {ENCODER: ["last_hidden_state"], DECODER: keep}}
+          "keep_on_device": {ENCODER: ["last_hidden_state"], DECODER: keep}, "execution": form_request}
     if max_bytes is not None:
         kw["max_bytes"] = max_bytes
     loaded = await load_sessions(repo, list(MODULES), **kw)

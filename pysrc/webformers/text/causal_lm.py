@@ -28,6 +28,7 @@ from ..generation.config import GenerationConfig
 from ..generation.loop import DecoderStep, generate_tokens
 from ..generation.streamers import generation_streamers
 from ..runtime import backend as _backend
+from ..runtime.forms import check_form_args
 from ..runtime.load import load_sessions
 from ..store import ModelRepo
 
@@ -283,7 +284,7 @@ class AutoModelForCausalLM:
     @staticmethod
     async def from_pretrained(model, *, dtype="auto", device="auto", revision: str = "main", host: str | None = None,
                               progress_callback=None, strict: bool = False, max_bytes: int | None = None,
-                              module: str = "model") -> CausalLM:
+                              module: str = "model", execution: str = "auto", max_memory=None) -> CausalLM:
         """Load a decoder-only language model.
 
         Args:
@@ -300,17 +301,24 @@ class AutoModelForCausalLM:
                 adapter).
             max_bytes: the download budget for ``dtype="auto"``.
             module: the ONNX module to load (``onnx/{module}{suffix}.onnx``).
+            execution: the execution form per module (``runtime.forms``): ``"auto"`` (fp32 weights on wasm when
+                they fit ``max_memory``, else the stored file), ``"native"`` (the stored file) or ``"fp32"``;
+                the files are the dtype's either way.
+            max_memory: the memory budget for ``execution="auto"``: bytes or a size like ``"1.5GB"`` (default
+                2.5 GB).
 
         Returns:
             A ``CausalLM`` on the loaded session, with ``config.json`` and ``generation_config.json`` (when
             present) applied; loading warnings (e.g. a dtype fallback) are in ``model.warnings``, the load
-            times in ``model.load_timings``.
+            times and the execution form (``load_timings["forms"]``) in ``model.load_timings``.
 
         Raises:
-            ValueError: the repo cannot be opened, a file is missing or fails its sha256 check, the dtype or
-                device is unknown or not in the repo (the message lists the valid ones), a fallback was needed
-                with ``strict=True``, or the session is not a decoder with ``logits`` / matching KV outputs.
+            ValueError: the repo cannot be opened, a file is missing or fails its sha256 check, the dtype,
+                device or execution is unknown or not in the repo (the message lists the valid ones), a
+                fallback was needed with ``strict=True``, or the session is not a decoder with ``logits`` /
+                matching KV outputs.
         """
+        form_request = check_form_args(execution, max_memory)
         repo = model if isinstance(model, ModelRepo) else await ModelRepo.open(
             model, revision=revision, host=host, progress_callback=progress_callback)
         config = await repo.json("config.json")
@@ -318,7 +326,7 @@ class AutoModelForCausalLM:
         present = [f"present.{i}.{kv}" for i in range(int(config.get("num_hidden_layers", 0) or 0))
                    for kv in ("key", "value")]
         kw = {"dtype": dtype, "device": device, "strict": strict, "progress_callback": progress_callback,
-              "keep_on_device": {module: present}}
+              "keep_on_device": {module: present}, "execution": form_request}
         if max_bytes is not None:
             kw["max_bytes"] = max_bytes
         loaded = await load_sessions(repo, [module], **kw)

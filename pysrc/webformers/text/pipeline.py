@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from ..generation.stopping import StopStrings
+from ..runtime.forms import check_form_args
 from ..store import ModelRepo
 from .causal_lm import AutoModelForCausalLM
 from .tokenizer import AutoTokenizer
@@ -45,16 +46,18 @@ class TextGenerationPipeline:
     @classmethod
     async def from_pretrained(cls, model, *, dtype="auto", device="auto", revision: str = "main",
                               host: str | None = None, progress_callback=None, strict: bool = False,
-                              max_bytes: int | None = None) -> "TextGenerationPipeline":
+                              max_bytes: int | None = None, execution: str = "auto",
+                              max_memory=None) -> "TextGenerationPipeline":
         """Open ``model`` once and load its tokenizer and its model concurrently (both wait on the cache or
         the network); arguments as ``AutoModelForCausalLM.from_pretrained``. When either fails, the other's
         session is freed and the error raised."""
+        form_request = check_form_args(execution, max_memory)
         repo = model if isinstance(model, ModelRepo) else await ModelRepo.open(
             model, revision=revision, host=host, progress_callback=progress_callback)
         tokenizer, lm = await asyncio.gather(
             AutoTokenizer.from_pretrained(repo),
             AutoModelForCausalLM.from_pretrained(repo, dtype=dtype, device=device, progress_callback=progress_callback,
-                                                 strict=strict, max_bytes=max_bytes),
+                                                 strict=strict, max_bytes=max_bytes, execution=form_request),
             return_exceptions=True)
         for failed in (tokenizer, lm):
             if isinstance(failed, BaseException):

@@ -12,14 +12,19 @@ A ``Session``:
   come back as backend tensors to feed to the next run. Release those with ``release``;
 - ``dispose()``.
 
-``await create_session(model, device=..., external_data=None, keep_on_device=())``: ``model`` is the
-ONNX bytes (a JS ``Uint8Array`` in the browser, so the model never enters Python memory), or a path
-on CPython. ``keep_on_device`` names outputs to keep in GPU memory under WebGPU.
+``await create_session(model, device=..., external_data=None, keep_on_device=(), form="native")``: ``model``
+is the ONNX bytes (a JS ``Uint8Array`` in the browser, so the model never enters Python memory), or a path
+on CPython. ``keep_on_device`` names outputs to keep in GPU memory under WebGPU. ``form`` is the execution
+form (``runtime.forms``): "fp32" rewrites the block-quantized matmuls before the session is created
+(``web/exec-form.js`` in the onnxruntime worker, ``runtime.exec_form`` on CPython, which needs onnx);
+``session.form`` says what was done: {"form", "changed" (matmuls rewritten), "weights" (their K*N),
+"rewrite_ms"}.
 
-Warm start (browser; on CPython these do nothing): ``session_key(files, device, keep_on_device)`` names
-a session by its files' sha256 and its options; ``await adopt_session(key, device)`` returns a session
-the backend created ahead of time for that key (or None); ``await remember_warm_start(model, module,
-entry)`` records how a session was made so the next page can create it while Pyodide boots;
+Warm start (browser; on CPython these do nothing): ``session_key(files, device, keep_on_device, form)``
+names a session by its files' sha256 and its options; ``await adopt_session(key, device)`` returns a
+session the backend created ahead of time for that key (or None; ``session.choice`` is the form choice
+recorded with it); ``await remember_warm_start(model, module, entry)`` records how a session was made (its
+form too) so the next page can create it while Pyodide boots;
 ``await drop_warm_sessions()`` frees the ones nobody adopted.
 """
 from __future__ import annotations
@@ -36,11 +41,13 @@ else:
                        release, remember_warm_start)
 
 
-def session_key(files: list[dict], device: str, keep_on_device=None) -> str:
-    """What makes a session: its files (manifest entries with ``sha256``, main model first), the device and
-    the outputs kept on the device (None: the default for the device)."""
+def session_key(files: list[dict], device: str, keep_on_device=None, form: str = "native") -> str:
+    """What makes a session: its files (manifest entries with ``sha256``, main model first), the device, the
+    outputs kept on the device (None: the default for the device) and its execution form (a form, or what
+    names an automatic choice: ``runtime.forms.FormRequest.key``)."""
     return json.dumps({"sha256": [f["sha256"] for f in files], "device": device,
-                       "keep": None if keep_on_device is None else sorted(keep_on_device)}, sort_keys=True)
+                       "keep": None if keep_on_device is None else sorted(keep_on_device), "form": form},
+                      sort_keys=True)
 
 
 __all__ = ["Session", "adapter_info", "adopt_session", "backend_name", "create_session",

@@ -7,6 +7,9 @@ fed back by reference (:class:`RemoteTensor`), so per run only the small inputs 
 (the logits) cross, each copied once. Metadata crosses as JSON, which is cheaper than walking JS
 objects attribute by attribute from Python.
 
+Execution forms: ``create_session(..., form="fp32")`` has the onnxruntime worker rewrite the model bytes
+(``web/exec-form.js``) before it creates the session; the session says what was done (``session.form``).
+
 Warm start: after a load, :func:`remember_warm_start` stores which files and options made each session;
 a page that names the model when it starts the worker (``WebformersClient({warmStart})``) has the
 onnxruntime worker create those sessions while Pyodide boots, and :func:`adopt_session` hands one over
@@ -20,6 +23,8 @@ import json
 import js  # type: ignore[import-not-found]
 import numpy as np
 from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
+
+from ..exec_form import FORMS
 
 backend_name = "onnxruntime-web"
 
@@ -113,10 +118,17 @@ def _numpy(data, ort_type: str, dims) -> np.ndarray:
     return out.reshape(dims)
 
 
+_NATIVE = {"form": "native", "changed": 0, "weights": 0, "rewrite_ms": 0.0}
+
+
 class Session:
-    def __init__(self, sid: int, info: dict, device: str):
+    def __init__(self, sid: int, info: dict, device: str, form: dict | None = None, choice: dict | None = None):
         self._sid = sid
         self.device = device
+        #: the execution form it was created in (see runtime.backend: create_session)
+        self.form = form or dict(_NATIVE)
+        #: a warm-started session's form choice, as recorded when it was made (runtime.forms.FormChoice.as_dict)
+        self.choice = choice
         self.input_names = list(info["inputNames"])
         self.output_names = list(info["outputNames"])
         # element types in onnxruntime's spelling ("tensor(float16)"), like the CPython backend
@@ -162,23 +174,28 @@ class Session:
             self._sid = None
 
 
-def _options(device: str, keep_on_device) -> dict:
+def _options(device: str, keep_on_device, form: str = "native") -> dict:
+    """InferenceSession options, plus ``form`` for ort-host.js when it is not "native"."""
     opts = {"executionProviders": [device], "graphOptimizationLevel": "all"}
     if device == "webgpu" and keep_on_device:
         opts["preferredOutputLocation"] = {n: "gpu-buffer" for n in keep_on_device}
+    if form != "native":
+        opts["form"] = form
     return opts
 
 
 async def create_session(model, *, device: str = "wasm", external_data=None, keep_on_device=(),
-                         threads: int | None = None) -> Session:
+                         threads: int | None = None, form: str = "native") -> Session:
     """``threads`` is fixed for the whole page when the worker boots (``WebformersClient({threads})``)."""
+    if form not in FORMS:
+        raise ValueError(f"unknown execution form {form!r}; choose one of: {', '.join(FORMS)}")
     if not isinstance(model, JsProxy):
         model = to_js(memoryview(model))
     external = [{"path": e["path"], "data": e["data"] if isinstance(e["data"], JsProxy)
                  else to_js(memoryview(e["data"]))} for e in external_data or ()]
     r = json.loads(await js.wfOrt.create(model, external or None,
-                                         json.dumps(_options(device, keep_on_device))))
-    return Session(r["sid"], r["info"], device)
+                                         json.dumps(_options(device, keep_on_device, form))))
+    return Session(r["sid"], r["info"], device, r.get("form"))
 
 
 # ------------------------------------------------------------------------------------------ warm start
@@ -186,7 +203,7 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
 async def adopt_session(key: str, device: str) -> Session | None:
     """The session the onnxruntime worker created for ``key`` during boot, if any."""
     r = json.loads(await js.wfOrt.adopt(key))
-    return None if r is None else Session(r["sid"], r["info"], device)
+    return None if r is None else Session(r["sid"], r["info"], device, r.get("form"), r.get("choice"))
 
 
 async def drop_warm_sessions() -> None:
@@ -197,7 +214,7 @@ async def drop_warm_sessions() -> None:
 async def remember_warm_start(model: str, module: str, entry: dict) -> None:
     """Record how ``module`` of ``model`` was just created, for the next boot's warm start. ``entry``:
     {"key", "cache" (the Cache API cache holding the files), "files": [{"url", "path", "sha256"}] (main
-    model first), "device", "keep"}."""
+    model first), "device", "keep", "form", "choice" (the form choice, handed back on adoption)}."""
     plan = {"key": entry["key"], "cache": entry["cache"], "files": entry["files"],
-            "options": _options(entry["device"], entry["keep"])}
+            "options": _options(entry["device"], entry["keep"], entry["form"]), "choice": entry["choice"]}
     await js.wfOrt.remember(model, module, json.dumps(plan))
