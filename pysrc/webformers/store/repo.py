@@ -7,6 +7,15 @@ for size and sha256 against the manifest on download *and* on every cache read; 
 is evicted and fetched again, a mismatching download is never cached. Concurrent requests for one URL
 share one download.
 
+A repo without a manifest (404, or offline with none cached; an onnx-community / transformers.js export)
+is opened from its config.json (network-first) and a manifest that ``store.discover`` makes from a
+listing, the directory, probes or, offline, the files cached before. Its files are checked on download
+for the size the host reported and for not being an HTML page; the sha256 of the first download is
+recorded in the cached entry's metadata, and every later read is checked against it like a manifest's
+(a local directory's files: against the first read, for the life of the ``ModelRepo``). Files it does not list (e.g. ``tokenizer.json`` of a probed repo) are fetched and
+recorded the same way when first asked for. ``webformers manifest REPO_DIR`` writes a full manifest into
+such a repo instead.
+
 ``host`` (see ``store.urls``): an http(s) prefix, a URL template or a local directory. Default: in the
 browser the page origin + ``/models``; on CPython ``$WEBFORMERS_HOST``, or ``model`` itself when it is a
 local directory. Local directories are read in place (verified, not copied into the cache).
@@ -22,9 +31,10 @@ from pathlib import Path
 
 from .. import platform
 from .cache import open_cache
+from .discover import discover
 from .events import LoadEvents
 from .fetch import fetch_file, fetch_network_first, share
-from .integrity import IntegrityError, verify
+from .integrity import IntegrityError, looks_html, verify
 from .manifest import MANIFEST_PATH, Manifest
 from .urls import default_host, is_http, local_path, resolve_url
 
@@ -68,19 +78,57 @@ class ModelRepo:
         if store_error:
             await events.warning(f"model files will not be cached: {store_error}")
         url = resolve_url(host, model, revision, MANIFEST_PATH)
-        text, note = await fetch_network_first(url, store if is_http(url) else None, events,
-                                                {"model": model, "revision": revision, "host": host,
-                                                 "file": MANIFEST_PATH},
-                                                f"{model}: {MANIFEST_PATH}", required=True)
+        meta = {"model": model, "revision": revision, "host": host}
+        notes = []
         try:
-            manifest = Manifest.from_json(text, repo=model)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{model}: {MANIFEST_PATH} at {url} is not a webformers manifest: {e}") from e
+            text, note = await fetch_network_first(url, store if is_http(url) else None, events,
+                                                    {**meta, "file": MANIFEST_PATH}, f"{model}: {MANIFEST_PATH}",
+                                                    required=True)
+        except FileNotFoundError as missing:
+            manifest, notes, note = await cls._discover(model, revision, host, store, events, missing)
+        except ConnectionError as offline:  # no cached manifest: a repo without one may be cached
+            if store is None or not is_http(url):
+                raise
+            try:
+                manifest, notes, note = await cls._discover(model, revision, host, store, events, offline)
+            except ConnectionError:
+                raise offline from None
+        else:
+            try:
+                manifest = Manifest.from_json(text, repo=model)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{model}: {MANIFEST_PATH} at {url} is not a webformers manifest: {e}") from e
         repo = cls(model, revision, host, manifest, progress_callback=progress_callback, use_cache=use_cache,
                    store=store, store_error=store_error)
-        if note:
-            repo.warnings.append(note)
+        for n in ([note] if note else []) + notes:
+            repo.warnings.append(n)
+        for n in notes:
+            await events.warning(n)
         return repo
+
+    @staticmethod
+    async def _discover(model: str, revision: str, host: str, store, events, why: Exception):
+        """(manifest, notes, config.json's network note) of a repo without a manifest (``why``: what the
+        manifest's fetch answered; see ``store.discover``)."""
+        url_of = lambda path: resolve_url(host, model, revision, path)  # noqa: E731
+        config_url = url_of("config.json")
+        try:
+            text, note = await fetch_network_first(
+                config_url, store if is_http(config_url) else None, events,
+                {"model": model, "revision": revision, "host": host, "file": "config.json"},
+                f"{model}: config.json", required=True)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{model}: neither {MANIFEST_PATH} nor config.json found under {host} "
+                                    f"({why}; {e})") from e
+        config = json.loads(text)
+        if not isinstance(config, dict):
+            raise ValueError(f"{model}: config.json at {config_url} is not a JSON object")
+        raw = text.encode("utf-8")
+        config_entry = {"size": len(raw), "sha256": await platform.sha256_hex(raw)}
+        manifest, notes = await discover(model=model, revision=revision, host=host, url_of=url_of,
+                                         store=store if is_http(config_url) else None, events=events,
+                                         config=config, config_entry=config_entry)
+        return manifest, notes, note
 
     def url(self, path: str) -> str:
         return resolve_url(self.host, self.model, self.revision, path)
@@ -133,34 +181,66 @@ class ModelRepo:
         """The verified bytes of ``path``: ``bytes`` on CPython, a JS ``Uint8Array`` in the browser."""
         entry = self.manifest.entry(path)
         if entry is None:
-            listed = ", ".join(sorted(self.manifest.data["files"]))
-            raise FileNotFoundError(f"{self.model}: {path!r} is not in {MANIFEST_PATH}; the repo's files: {listed}")
+            if not self.manifest.discovered:
+                listed = ", ".join(sorted(self.manifest.data["files"]))
+                raise FileNotFoundError(f"{self.model}: {path!r} is not in {MANIFEST_PATH}; the repo's files: {listed}")
+            entry = {"size": None, "sha256": None}  # listed once read (see _record)
         events = events or self._events(progress_callback)
         url = self.url(path)
-        size = entry["size"]
+        size = entry.get("size") or 0
         return await share(url, lambda: self._load(path, url, entry, events),
                            waiting=lambda: events.file_event("initiate", path, 0, size, False),
                            joined=lambda: events.file_event("done", path, size, size, False))
 
+    async def _check_new(self, path: str, data, ctype: str, entry: dict) -> str | None:
+        """For a file of a discovered repo without a recorded sha256: what is wrong with a download, or
+        None (then its size and sha256 are recorded in ``entry``)."""
+        n = platform.byte_length(data)
+        if entry.get("size") is not None and n != entry["size"]:
+            return f"{n} bytes instead of the {entry['size']} the host reported"
+        if looks_html(data, ctype):
+            return "an HTML page"
+        self._record(path, entry, n, await platform.sha256_hex(data))
+        return None
+
+    def _record(self, path: str, entry: dict, size: int, sha256: str) -> None:
+        entry.update(size=size, sha256=sha256)
+        if self.manifest.entry(path) is None:
+            self.manifest.add_file(path, entry)
+
     async def _load(self, path: str, url: str, entry: dict, events: LoadEvents):
-        size = entry["size"]
+        size = entry.get("size") or 0
         await events.file_event("initiate", path, 0, size, False)
         if not is_http(url):
             return await self._load_local(path, url, entry, events)
         store = self._store if self.use_cache else None
         meta = {"model": self.model, "revision": self.revision, "host": self.host, "file": path,
-                "module": entry.get("module"), "dtype": entry.get("dtype"), "sha256": entry["sha256"]}
+                "module": entry.get("module"), "dtype": entry.get("dtype"), "sha256": entry.get("sha256")}
+        if entry.get("etag"):
+            meta["etag"] = entry["etag"]
+        if entry.get("sha256") is None:  # a cached copy is not trusted; the download's sha256 is recorded
+            check = lambda data, ctype: self._check_new(path, data, ctype, entry)  # noqa: E731
+            described = "the file the host reported"
+        else:
+            check = None
+            described = ("the file the manifest describes" if not self.manifest.discovered else
+                         "the file whose sha256 the listing gave or its first download recorded")
         return await fetch_file(url, entry, path=path, model=self.model, events=events, store=store, meta=meta,
-                                warnings=self.warnings)
+                                warnings=self.warnings, check=check, described=described)
 
     async def _load_local(self, path: str, url: str, entry: dict, events: LoadEvents):
-        size = entry["size"]
         data = await platform.read_file(local_path(url))
         if data is None:
             raise FileNotFoundError(f"{self.model}: {path} is missing: {url}")
-        problem = await verify(data, entry)
+        if entry.get("sha256") is None:
+            problem = await self._check_new(path, data, "", entry)
+        else:
+            problem = await verify(data, entry)
         if problem is not None:
-            raise IntegrityError(f"{self.model}: {url} is not the file the manifest describes: {problem}")
+            described = ("the file the manifest describes" if not self.manifest.discovered else
+                         "the file first read")
+            raise IntegrityError(f"{self.model}: {url} is not {described}: {problem}")
+        size = entry["size"]
         await events.file_event("progress", path, size, size, False)
         await events.file_event("done", path, size, size, False)
         return data
