@@ -1,4 +1,4 @@
-"""The demo page (web/index.html + web/ui/ + pysrc/webformers/webapp.py) in headless Chromium.
+"""The demo page (web/index.html + web/ui/ + pysrc/webformers/page/) in headless Chromium.
 
 UI tests drive the page like a person (select, click, type, Enter) on the tiny model; the dtype checks
 call the page's Python entry points (``webformers.page.chat``) in the page's worker and compare the greedy
@@ -334,7 +334,7 @@ def test_stop_button_halts_within_one_token(browser, server):
         # clear conversation empties the log and the kept cache
         page.click("#clear-button")
         assert page.locator(".msg").count() == 0
-        assert run_py(page, "from webformers.page import chat as webapp\nwebapp._state['pipe'].model._kv is None") is True
+        assert run_py(page, "from webformers.page import chat\nchat._state['pipe'].model._kv is None") is True
     finally:
         s.close()
 
@@ -349,7 +349,7 @@ def test_cache_manager_deletes_one_variant(browser, server):
         page = s.page
         _wait_ui_ready(page)
         for d in ("fp32", "int8"):
-            run_py(page, f"from webformers.page import chat as webapp\nawait webapp.load({TINY!r}, {d!r}, 'wasm')\nNone")
+            run_py(page, f"from webformers.page import chat\nawait chat.load({TINY!r}, {d!r}, 'wasm')\nNone")
         page.click("#cache-refresh")
         row = f"#cache-table tr.variant-row[data-model='{TINY}'][data-dtype='fp32']"
         page.wait_for_selector(row)
@@ -375,7 +375,7 @@ def test_cache_manager_deletes_one_variant(browser, server):
         # delete the whole model
         page.click(f"#cache-table tr.model-row[data-model='{TINY}'] button")
         page.wait_for_selector(f"#cache-table tr.model-row[data-model='{TINY}']", state="detached")
-        listed = run_py(page, "from webformers.page import chat as webapp\nimport json\njson.dumps(await webapp.cache_list())")
+        listed = run_py(page, "from webformers.page import browser\nimport json\njson.dumps(await browser.cache_list())")
         assert all(m["model"] != TINY for m in json.loads(listed)["models"])
         assert index["modules"]["model"]
     finally:
@@ -419,7 +419,7 @@ def test_errors_are_shown_in_the_page(browser, server):
         assert "no dtype choice fits max_bytes=1000" in err, err
         # a Python-side bad argument names the valid choices
         with pytest.raises(Exception, match="valid dtypes"):
-            run_py(page, f"from webformers.page import chat as webapp\nawait webapp.load({TINY!r}, 'q3', 'wasm')")
+            run_py(page, f"from webformers.page import chat\nawait chat.load({TINY!r}, 'q3', 'wasm')")
     finally:
         s.close()
 
@@ -431,9 +431,9 @@ def _dtype_sweep(page, model_id, device, dtypes, prompt):
     for d in dtypes:
         code = f"""
 import json
-from webformers.page import chat as webapp
-info = await webapp.load({model_id!r}, {d!r}, {device!r})
-out = await webapp.generate_ids({prompt!r}, {N_NEW})
+from webformers.page import chat
+info = await chat.load({model_id!r}, {d!r}, {device!r})
+out = await chat.generate_ids({prompt!r}, {N_NEW})
 json.dumps({{"info": info, "out": out}})
 """
         try:

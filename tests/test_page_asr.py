@@ -2,7 +2,7 @@
 
 Driven like a person: pick the encoder / decoder dtypes, press Load, upload a WAV synthesized by espeak-ng
 through the file input. The transcript must equal CPython onnxruntime's (``pipeline(...)`` on the same
-repo files, same dtypes) and the page worker's own ``webapp_asr.transcribe`` of the raw WAV bytes; exactly
+repo files, same dtypes) and the page worker's own ``speech.run`` of the raw WAV bytes; exactly
 the two chosen ONNX files are fetched; the WER chart is drawn; a non-audio file and the (absent) microphone
 give clear errors in the page.
 """
@@ -131,14 +131,14 @@ def test_asr_panel_transcribes_an_uploaded_wav(wf_page, clip):
     last = page.evaluate("window.wfAsr.lastResult")
     assert last["sample_rate"] == 22050 and last["channels"] == 1  # espeak-ng's rate, kept for Python to resample
 
-    # the worker's own decode of the same WAV bytes (webapp_asr.transcribe(Uint8Array)) agrees
+    # the worker's own decode of the same WAV bytes (speech.run(Uint8Array)) agrees
     server = wf_page.server
     server.add_root("/fixtures/asr-page-clip/", clip.parent)
     same = run_py(wf_page, f"""
 import js
-from webformers.page import speech as webapp_asr
+from webformers.page import speech
 wav = js.Uint8Array.new(await (await js.fetch({server.url + '/fixtures/asr-page-clip/clip.wav'!r})).arrayBuffer())
-(await webapp_asr.transcribe(wav))["text"]
+(await speech.run(wav))["text"]
 """)
     assert same.strip() == text
 

@@ -55,7 +55,7 @@ import json
 from webformers.page import chat as webapp
 info = await webapp.load({SMOL!r}, "fp32", "wasm")
 outs = [(await webapp.generate_ids(ids, {N}))["ids"] for ids in {prompts_ids!r}]
-webapp.unload()
+webapp.dispose()
 json.dumps({{"device": info["device"], "dtype": info["dtype"], "outs": outs}})
 """))
     assert got["device"] == "wasm" and got["dtype"] == "fp32"

@@ -380,10 +380,10 @@ def test_webapp_functions(whisper_root):
     root, clips = whisper_root
 
     async def go():
-        info = await webapp_asr.load_asr(MODEL, host=str(root), device="wasm",
-                                         dtype={"encoder_model": "q4", "decoder_model_merged": "fp32"})
-        res = await webapp_asr.transcribe(clips[2].read_bytes())
-        chart = await webapp_asr.wer_grid(MODEL, host=str(root))
+        info = await webapp_asr.load(MODEL, host=str(root), device="wasm",
+                                     dtype={"encoder_model": "q4", "decoder_model_merged": "fp32"})
+        res = await webapp_asr.run(clips[2].read_bytes())
+        chart = await webapp_asr.model_info(MODEL, host=str(root))
         webapp_asr.dispose()
         return info, res, chart
 

@@ -56,8 +56,8 @@ import json
 from pyodide.code import run_js
 from webformers.page import speech as webapp_asr
 decode = run_js({JS_DECODE!r})
-info = await webapp_asr.load_asr({MODEL!r}, host={host!r}, device="wasm",
-                                 dtype={{"encoder_model": {enc!r}, "decoder_model_merged": {dec!r}}})
+info = await webapp_asr.load({MODEL!r}, host={host!r}, device="wasm",
+                             dtype={{"encoder_model": {enc!r}, "decoder_model_merged": {dec!r}}})
 """
 
 
@@ -71,10 +71,10 @@ def test_fp32_transcripts_equal_cpython(wf_page, hosts, whisper_files):
 texts = []
 for url in {urls!r}:
     samples = await decode(url)
-    texts.append((await webapp_asr.transcribe(samples))["text"])
+    texts.append((await webapp_asr.run(samples))["text"])
 import js
 wav = js.Uint8Array.new(await (await js.fetch({urls[0]!r})).arrayBuffer())
-from_wav = (await webapp_asr.transcribe(wav))["text"]
+from_wav = (await webapp_asr.run(wav))["text"]
 webapp_asr.dispose()
 json.dumps({{"info": info, "texts": texts, "from_wav": from_wav}})
 """)
@@ -91,7 +91,7 @@ def test_per_module_mapping_fetches_exactly_two_files(wf_page, hosts, whisper_fi
     host, urls = hosts
     ref = transcribe_files(root / MODEL, "q4", "bnb4", clips[:1])
     res = json.loads(run_py(wf_page, _load(host, "q4", "bnb4") + f"""
-text = (await webapp_asr.transcribe(await decode({urls[0]!r})))["text"]
+text = (await webapp_asr.run(await decode({urls[0]!r})))["text"]
 webapp_asr.dispose()
 json.dumps({{"info": info, "text": text}})
 """))
@@ -110,7 +110,7 @@ def test_report_grid_and_not_audio_errors(shared_page, hosts, whisper_files):
     res = json.loads(run_py(shared_page, _load(host, "q4", "q4") + f"""
 import js
 from webformers.speech.audio import AudioError
-chart = await webapp_asr.wer_grid({MODEL!r}, host={host!r})
+chart = await webapp_asr.model_info({MODEL!r}, host={host!r})
 errors = []
 bad = [js.Uint8Array.new(0), js.Uint8Array.new(3000),
        js.Float32Array.new(0), js.Int32Array.new(10)]
@@ -120,7 +120,7 @@ for i in range(4096):
 bad.insert(1, rnd)
 for b in bad:
     try:
-        await webapp_asr.transcribe(b)
+        await webapp_asr.run(b)
         errors.append(None)
     except AudioError as e:
         errors.append(str(e))

@@ -1,7 +1,7 @@
 // The demo page: pickers, load progress, chat, quality chart and cache manager. Python runs in the
 // worker (web/worker.js); this thread only updates the DOM, so it stays responsive.
 import { WebformersClient } from "./wf-client.js";
-import { $, el, callPy, fmtBytes, fmtKl, fmtPct, pyErrorLine } from "./ui/util.js";
+import { $, el, callPage, fmtBytes, fmtKl, fmtPct, pyErrorLine } from "./ui/util.js";
 import { ProgressView } from "./ui/progress.js";
 import { ChatView } from "./ui/chat.js";
 import { QualityChart } from "./ui/chart.js";
@@ -14,19 +14,20 @@ const lastModel = (() => { try { return localStorage.getItem(LAST_MODEL_KEY); } 
 const client = new WebformersClient(lastModel ? { warmStart: lastModel } : {});
 window.wf = client;  // the test harness and the console drive Python through this
 
-const call = (fn, args = [], kwargs = {}) => callPy(client, fn, args, kwargs);
+const chatCall = (fn, args = [], kwargs = {}) => callPage(client, "chat", fn, args, kwargs);
+const browserCall = (fn, args = [], kwargs = {}) => callPage(client, "browser", fn, args, kwargs);
 const progress = new ProgressView();
 const chat = new ChatView();
 const chart = new QualityChart();
-const cache = new CacheView(call, (m) => showError(m));
+const cache = new CacheView(browserCall, (m) => showError(m));
 const asr = new AsrView(client, () => state.env);
 window.wfAsr = asr;  // tests and the console
 
 const state = {
-  env: null,          // webapp.environment()
+  env: null,          // browser.environment()
   models: [],         // /models/index.json
-  info: null,         // webapp.model_info() of the selected model
-  loaded: null,       // webapp.load() result (or the "loaded" event)
+  info: null,         // chat.model_info() of the selected model
+  loaded: null,       // chat.load() result (or the "loaded" event)
   busy: null,         // "load" | "chat" | null
   warnings: new Set(),
 };
@@ -72,7 +73,7 @@ client.addEventListener("boot", async (ev) => {
     (k) => el("tr", {}, el("th", { scope: "row" }, k), el("td", { className: "num" }, t[k]))));
   $("boot-details").hidden = false;
   try {
-    state.env = await call("environment");
+    state.env = await browserCall("environment");
   } catch (e) {
     reportPyError("could not query the device", e);
     return;
@@ -156,7 +157,7 @@ async function refreshModelInfo() {
   if (!state.env || !model) return;
   setControls();
   try {
-    state.info = await call("model_info", [model, "auto"]);
+    state.info = await chatCall("model_info", [model, "auto"]);
   } catch (e) {
     reportPyError(`could not read ${model}'s manifest`, e);
     return;
@@ -250,7 +251,7 @@ $("load-form").addEventListener("submit", async (ev) => {
   setControls();
   progress.start(model);
   try {
-    const info = await call("load", [model, dtype, device, maxBytes]);
+    const info = await chatCall("load", [model, dtype, device, maxBytes]);
     onLoaded(info);
     try { localStorage.setItem(LAST_MODEL_KEY, model); } catch (e) { /* storage disabled: no warm start */ }
     chat.clear();
@@ -291,7 +292,7 @@ async function send() {
   state.busy = "chat";
   setControls();
   try {
-    const res = await call("chat", [chat.messages, settings]);
+    const res = await chatCall("run", [chat.messages, settings]);
     chat.endReply(res);
   } catch (e) {
     chat.failReply(pyErrorLine(e.message || e));
@@ -319,7 +320,7 @@ $("clear-button").addEventListener("click", async () => {
   if (state.busy === "chat") client.cancel();
   chat.clear();
   if (state.loaded && state.busy !== "chat") {
-    try { await call("reset_conversation"); } catch (e) { reportPyError("could not clear the conversation", e); }
+    try { await chatCall("reset_conversation"); } catch (e) { reportPyError("could not clear the conversation", e); }
   }
   $("chat-input").focus();
 });

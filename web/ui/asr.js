@@ -4,7 +4,7 @@
 // Python side: webformers.page.speech in the worker.
 import { loadChartJsOr } from "./chart.js";
 import { ProgressView } from "./progress.js";
-import { $, el, fmtBytes, pyErrorLine } from "./util.js";
+import { $, el, callPage, fmtBytes, pyErrorLine } from "./util.js";
 
 export const ASR_TASK = "automatic-speech-recognition";
 const ENCODER = "encoder_model";
@@ -12,32 +12,16 @@ const DECODER = "decoder_model_merged";
 const MODULES = [ENCODER, DECODER];
 const AUDIO_KINDS = "WAV, MP3, OGG/Opus, FLAC, WebM or M4A/AAC";
 
-/** Call `webformers.page.speech.<fn>(*args, **kwargs)` in the worker; arguments and result travel as JSON. */
-export async function callAsr(client, fn, args = [], kwargs = {}) {
-  if (!/^[a-z_][a-z0-9_]*$/.test(fn)) throw new Error(`bad webapp_asr function name ${fn}`);
-  const payload = JSON.stringify(JSON.stringify({ args, kwargs }));
-  const out = await client.runPython(`
-import json, inspect
-from webformers.page import speech as _wa
-_p = json.loads(${payload})
-_r = _wa.${fn}(*_p["args"], **_p["kwargs"])
-if inspect.isawaitable(_r):
-    _r = await _r
-json.dumps(_r)
-`);
-  return out === undefined || out === null ? null : JSON.parse(out);
-}
-
 /** Transcribe mono Float32 `samples` at `sampleRate` Hz in the worker (handed over as a blob URL). */
 async function transcribeSamples(client, samples, sampleRate) {
   const url = URL.createObjectURL(new Blob([samples.buffer]));
   try {
     const out = await client.runPython(`
 import json, js
-from webformers.page import speech as _wa
+from webformers.page import speech as _page
 _resp = await js.fetch(${JSON.stringify(url)})
 _samples = js.Float32Array.new(await _resp.arrayBuffer())
-_r = await _wa.transcribe(_samples, sampling_rate=${Math.round(sampleRate)})
+_r = await _page.run(_samples, sampling_rate=${Math.round(sampleRate)})
 del _samples, _resp
 json.dumps(_r)
 `);
@@ -94,13 +78,13 @@ export async function decodeAudio(arrayBuffer, name) {
 const fmtWer = (w) => (w === null || w === undefined ? "not measured" : `${(100 * w).toFixed(1)}%`);
 
 export class AsrView {
-  /** `client`: the WebformersClient; `getEnv()`: webapp.environment() once booted (adapter info). */
+  /** `client`: the WebformersClient; `getEnv()`: browser.environment() once booted (adapter info). */
   constructor(client, getEnv) {
     this.client = client;
     this.getEnv = getEnv;
     this.models = [];
-    this.grid = null;          // webapp_asr.wer_grid() of the selected model
-    this.loaded = null;        // webapp_asr.load_asr() result
+    this.grid = null;          // speech.model_info() of the selected model: its WER grid
+    this.loaded = null;        // speech.load() result
     this.busy = null;          // "load" | "transcribe" | "record" | null
     this.booted = false;
     this.chart = null;
@@ -186,7 +170,7 @@ export class AsrView {
     this.grid = null;
     this.renderSelects();
     try {
-      const grid = await callAsr(this.client, "wer_grid", [model]);
+      const grid = await callPage(this.client, "speech", "model_info", [model]);
       if (token !== this._gridToken) return;
       this.grid = grid;
     } catch (e) {
@@ -368,7 +352,7 @@ export class AsrView {
     this.setControls();
     const t0 = performance.now();
     try {
-      const info = await callAsr(this.client, "load_asr", [model], { dtype, device });
+      const info = await callPage(this.client, "speech", "load", [model], { dtype, device });
       info.load_ms = performance.now() - t0;
       this.loaded = info;
       $("asr-load-status").textContent = `Loaded ${model} (encoder ${info.dtypes[ENCODER]}, decoder ` +

@@ -2,7 +2,7 @@
 import { $, el, fmtBytes } from "./util.js";
 
 export class CacheView {
-  /** `call(fn, args, kwargs)` runs a webapp function; `onError(msg)` shows an error. */
+  /** `call(fn, args, kwargs)` runs a `webformers.page.browser` function; `onError(msg)` shows an error. */
   constructor(call, onError) {
     this.call = call;
     this.onError = onError;

@@ -45,7 +45,7 @@ export async function loadChartJsOr(note) {
 export class QualityChart {
   constructor() {
     this.chart = null;
-    this.info = null;          // webapp.model_info result
+    this.info = null;          // chat.model_info result
     this.selected = {};        // module -> dtype
     this.metric = "kl";
   }

@@ -43,7 +43,7 @@ export class ChatView {
     this._scroll();
   }
 
-  /** The reply finished (webapp.chat result); it joins the conversation. */
+  /** The reply finished (chat.run result); it joins the conversation. */
   endReply(result) {
     const cur = this.current || this.beginReply();
     this.current = null;

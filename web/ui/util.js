@@ -1,4 +1,4 @@
-// Small DOM / formatting helpers and the Python call wrapper shared by the page's modules.
+// Small DOM / formatting helpers and the Python call helper shared by the page's modules.
 
 export const $ = (id) => document.getElementById(id);
 
@@ -42,22 +42,27 @@ export function pyErrorLine(message) {
   return lines.length ? lines[lines.length - 1] : String(message);
 }
 
+const PAGE_MODULES = ["chat", "speech", "browser"];
+
 /**
- * Call `webformers.page.chat.<fn>(*args, **kwargs)` in the worker. Arguments and the result travel as
- * JSON (so None -> null and nested dicts stay plain objects).
+ * Call `webformers.page.<module>.<fn>(*args, **kwargs)` in the worker (awaited when it is a coroutine).
+ * `module`: "chat", "speech" or "browser". Arguments and the result travel as JSON (so None -> null and
+ * nested dicts stay plain objects).
  */
-export async function callPy(client, fn, args = [], kwargs = {}) {
-  if (!/^[a-z_][a-z0-9_]*$/.test(fn)) throw new Error(`bad webapp function name ${fn}`);
+export async function callPage(client, module, fn, args = [], kwargs = {}) {
+  if (!PAGE_MODULES.includes(module)) {
+    throw new Error(`unknown page module ${JSON.stringify(module)}; valid: ${PAGE_MODULES.join(", ")}`);
+  }
+  if (!/^[a-z_][a-z0-9_]*$/.test(fn)) throw new Error(`bad page function name ${JSON.stringify(fn)}`);
   const payload = JSON.stringify(JSON.stringify({ args, kwargs }));
-  const code = `
+  const out = await client.runPython(`
 import json, inspect
-from webformers.page import chat as _wa
+from webformers.page import ${module} as _page
 _p = json.loads(${payload})
-_r = _wa.${fn}(*_p["args"], **_p["kwargs"])
+_r = _page.${fn}(*_p["args"], **_p["kwargs"])
 if inspect.isawaitable(_r):
     _r = await _r
 json.dumps(_r)
-`;
-  const out = await client.runPython(code);
+`);
   return out === undefined || out === null ? null : JSON.parse(out);
 }

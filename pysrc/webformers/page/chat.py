@@ -1,39 +1,36 @@
-"""The demo page's Python entry points. The page (``web/app.js``) calls these in the worker through
-``WebformersClient.runPython``; everything here composes the library (``pipeline``, ``hub``, ``dtypes``,
-``loading``), keeping the loaded pipeline in module state.
+"""The demo page's chat entry points. The page (``web/app.js``) calls these in the worker through
+``WebformersClient.runPython`` (``callPage`` in web/ui/util.js); they compose the library (``pipeline``,
+the store, ``dtypes``), keeping the loaded pipeline in module state. ``speech`` has the same verbs for
+Whisper; ``browser`` has what is not about one model (device, cache).
 
-    await webapp.environment()                     -> adapter, devices, dtype registry
-    await webapp.model_info(model_id, device)       -> per-module dtype options: bytes, quality, native?
-    await webapp.load(model_id, dtype, device, max_bytes=None, execution="auto", max_memory=None)
-                                                    -> what was loaded (dtypes, forms, device, ms)
-    await webapp.chat(messages, settings)           -> reply + TTFT / tokens/s (text streamed as events)
-    await webapp.generate_ids(prompt_ids, max_new_tokens, **settings) -> new token ids (greedy checks)
-    webapp.reset_conversation()                      -> drops the kept KV cache
-    await webapp.cache_list()                        -> cached models/variants + storage estimate
-    await webapp.cache_delete(model_id, dtype=None, module=None) -> bytes freed
-    webapp.state()                                   -> the loaded model, or None
+    await chat.model_info(model_id, device)        -> per-module dtype options: bytes, quality, native?
+    await chat.load(model_id, dtype, device, max_bytes=None, execution="auto", max_memory=None)
+                                                   -> what was loaded (dtypes, forms, device, ms)
+    await chat.run(messages, settings)             -> reply + TTFT / tokens/s (text streamed as events)
+    chat.loaded()                                  -> what is loaded (``load``'s result), or None
+    chat.dispose()                                 -> frees the loaded model
+    await chat.generate_ids(prompt_ids, max_new_tokens, **settings) -> new token ids (greedy checks)
+    chat.reset_conversation()                      -> drops the kept KV cache
 
-Events sent to the page with ``js.wfBridge.emit``: the store's progress/warning events (``status`` in
-initiate/download/progress/done/ready/warning), plus ``{"status": "token", "text"}`` while chatting and
-``{"status": "loaded", ...}`` / ``{"status": "error", "message"}`` from this module.
+Events sent to the page (``webformers.platform.emit_page_event``): the store's progress/warning events
+(``status`` in initiate/download/progress/done/ready/warning), plus ``{"status": "token", "text"}`` while
+chatting and ``{"status": "loaded", ...}`` / ``{"status": "error", "message"}`` from this module.
 """
 from __future__ import annotations
 
-import sys
 import time
 
+from ..dtypes import DEVICES, check_device, device_support, get_dtype
+from ..platform import emit_page_event, reset_stop, stop_requested
 from ..runtime import backend
-from .. import store as hub
-from ..dtypes import DEVICES, DTYPES, check_device, device_support, get_dtype
-from ..store import REPORT_PATH, ModelRepo
 from ..runtime.forms import check_form_args
 from ..runtime.plan import check_dtype_arg
-from ..platform import emit_page_event, reset_stop, stop_requested
+from ..store import REPORT_PATH, ModelRepo
 
-__all__ = ["environment", "model_info", "load", "chat", "generate_ids", "reset_conversation",
-           "cache_list", "cache_delete", "state", "unload", "dtype_support", "SETTINGS"]
+__all__ = ["model_info", "load", "run", "loaded", "dispose", "generate_ids", "reset_conversation",
+           "dtype_support", "SETTINGS"]
 
-#: generation settings the page may pass to ``chat`` / ``generate_ids``: name -> (type, min, max).
+#: generation settings the page may pass to ``run`` / ``generate_ids``: name -> (type, min, max).
 SETTINGS = {
     "max_new_tokens": (int, 1, 4096),
     "temperature": (float, 0.0, 5.0),
@@ -46,31 +43,7 @@ SETTINGS = {
 _state: dict = {"pipe": None, "model": None, "info": None}
 
 
-def _emit(event: dict) -> None:
-    emit_page_event(event)
-
-
-def _cancelled() -> bool:
-    return stop_requested()
-
-
-def _reset_cancel() -> None:
-    reset_stop()
-
-
-# --------------------------------------------------------------------------------------- environment
-
-async def environment() -> dict:
-    """The adapter (WebGPU features, fallback adapter?), cross-origin isolation, devices and dtypes."""
-    adapter = await backend.adapter_info()
-    return {
-        "adapter": adapter,
-        "backend": backend.backend_name,
-        "devices": list(DEVICES),
-        "dtypes": {n: {"bits": d.bits, "description": d.description, "requires": sorted(d.requires),
-                       "fallback": d.fallback, "native_on": list(d.native_on)} for n, d in DTYPES.items()},
-    }
-
+# --------------------------------------------------------------------------------------- dtypes
 
 def dtype_support(dtype: str, device: str, adapter: dict) -> dict:
     """Whether ``dtype`` runs natively on ``device`` with ``adapter``, and if not why / what happens."""
@@ -121,7 +94,8 @@ async def model_info(model_id: str, device: str = "auto", host: str | None = Non
 
 # --------------------------------------------------------------------------------------------- loading
 
-def unload() -> None:
+def dispose() -> None:
+    """Free the loaded model's sessions."""
     pipe = _state["pipe"]
     _state.update(pipe=None, model=None, info=None)
     if pipe is not None:
@@ -144,14 +118,14 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
             max_bytes = int(max_bytes)
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
-    unload()
+    dispose()
     t0 = time.perf_counter()
     kw = {"host": host} if host else {}
     try:
         pipe = await pipeline("text-generation", model_id, dtype=request, device=device, max_bytes=max_bytes,
                               execution=form_request, **kw)
     except Exception as e:
-        _emit({"status": "error", "message": f"loading {model_id} failed: {e}"})
+        emit_page_event({"status": "error", "message": f"loading {model_id} failed: {e}"})
         raise
     ms = (time.perf_counter() - t0) * 1000.0
     lm = pipe.model
@@ -162,18 +136,19 @@ async def load(model_id: str, dtype="auto", device: str = "auto", max_bytes: int
             "warnings": list(lm.warnings), "load_ms": round(ms, 1),
             "layers": lm.num_layers, "context": lm.max_position_embeddings}
     _state.update(pipe=pipe, model=model_id, info=info)
-    _emit({"status": "loaded", **{k: v for k, v in info.items() if k != "requested"}})
+    emit_page_event({"status": "loaded", **{k: v for k, v in info.items() if k != "requested"}})
     return info
 
 
-def state() -> dict | None:
+def loaded() -> dict | None:
+    """What is loaded (``load``'s result), or None."""
     return _state["info"]
 
 
 def _pipe():
     pipe = _state["pipe"]
     if pipe is None:
-        raise RuntimeError("no model is loaded: load one first (webapp.load(model_id, dtype, device))")
+        raise RuntimeError("no model is loaded: load one first (chat.load(model_id, dtype, device))")
     return pipe
 
 
@@ -213,10 +188,11 @@ def _stats(lm) -> dict:
     return {k: s.get(k) for k in keep}
 
 
-async def chat(messages: list, settings: dict | None = None) -> dict:
+async def run(messages: list, settings: dict | None = None) -> dict:
     """Answer the chat ``messages`` ([{"role", "content"}], rendered with the model's chat template),
-    streaming each new piece of text as ``{"status": "token", "text"}``. The page's Stop button sets the
-    worker's cancel flag, checked before every model run. Returns the reply and its timing."""
+    streaming each new piece of text as ``{"status": "token", "text"}``. The page's Stop
+    (``webformers.platform.stop_requested``) is checked before every model run. Returns the reply and
+    its timing."""
     pipe = _pipe()
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
@@ -224,24 +200,24 @@ async def chat(messages: list, settings: dict | None = None) -> dict:
         raise ValueError("messages must be a non-empty list of {'role': 'system'|'user'|'assistant', "
                          "'content': str} dicts")
     kw = _settings(settings)
-    _reset_cancel()
+    reset_stop()
     n_pieces = 0
 
     def on_text(text):
         nonlocal n_pieces
         n_pieces += 1
-        _emit({"status": "token", "text": text})
+        emit_page_event({"status": "token", "text": text})
 
     try:
         out = await pipe([dict(m) for m in messages], return_full_text=False, callback_function=on_text,
-                         cancel=_cancelled, **kw)
+                         cancel=stop_requested, **kw)
     except Exception as e:
-        _emit({"status": "error", "message": f"generation failed: {e}"})
+        emit_page_event({"status": "error", "message": f"generation failed: {e}"})
         raise
     finally:
-        _reset_cancel()
+        reset_stop()
     stats = _stats(pipe.model)
-    _emit({"status": "generated", **stats})
+    emit_page_event({"status": "generated", **stats})
     return {"text": out[0]["generated_text"], "stats": stats, "pieces": n_pieces}
 
 
@@ -251,8 +227,8 @@ async def generate_ids(prompt_ids: list, max_new_tokens: int = 16, **settings) -
     if not isinstance(prompt_ids, list) or not prompt_ids or not all(isinstance(t, int) for t in prompt_ids):
         raise ValueError("prompt_ids must be a non-empty list of token ids (ints)")
     kw = _settings({"max_new_tokens": max_new_tokens, **settings})
-    _reset_cancel()
-    out = await pipe.model.generate(prompt_ids, eos_token_id=None, cancel=_cancelled, reuse_cache=False, **kw)
+    reset_stop()
+    out = await pipe.model.generate(prompt_ids, eos_token_id=None, cancel=stop_requested, reuse_cache=False, **kw)
     return {"ids": [int(t) for t in out[0].tolist()[len(prompt_ids):]], "stats": _stats(pipe.model),
             "dtype": pipe.model.dtype, "device": pipe.model.device}
 
@@ -262,18 +238,3 @@ def reset_conversation() -> None:
     pipe = _state["pipe"]
     if pipe is not None:
         pipe.model.clear_cache()
-
-
-# ----------------------------------------------------------------------------------------------- cache
-
-async def cache_list() -> dict:
-    """Cached models with their variants and sizes, and the storage estimate (usage, quota, persisted)."""
-    return {"models": await hub.cached_models(), "storage": await hub.storage_estimate()}
-
-
-async def cache_delete(model_id: str, dtype: str | None = None, module: str | None = None) -> dict:
-    """Delete one cached variant (``dtype``, optionally of one ``module``) or the whole model."""
-    if not model_id or not isinstance(model_id, str):
-        raise ValueError(f"model_id must be a repo id like 'org/name', got {model_id!r}")
-    freed = await hub.delete_cached(model_id, dtype=dtype, module=module)
-    return {"freed": freed, **(await cache_list())}
