@@ -149,6 +149,8 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
         if sessions:
             timings["warm_started"] = sorted(sessions)
         by_path = dict(zip(to_read, datas))
+        # a file of a repo without a manifest gets its sha256 at its first download: name the session by it
+        keys.update({m: key(m) for m in plan.files if m not in sessions})
         warnings.extend(repo.warnings[n_before:])
         choices = _choose_forms(plan, form_request, sessions, by_path, sizes)
 
