@@ -11,8 +11,8 @@ Devices (``webformers.dtypes.DEVICES``): ``"webgpu"``, ``"wasm"`` or ``"auto"`` 
 Dtypes (``webformers.dtypes.DTYPES``):
 
 - a name (``"q4"``) for every module, a mapping ``{module: dtype}`` (values may be ``"auto"``),
-  ``"auto"``, or None (every module gets the device default);
-- modules a mapping leaves out get the repo's stated default (the manifest's ``defaults["dtype"]``, from
+  ``"auto"``, or None (every module gets its default, as below);
+- modules a mapping leaves out (or every module, for None) get the repo's stated default (the manifest's ``defaults["dtype"]``, from
   ``transformers.js_config``) when the repo has it, else the device default
   (``dtypes.DEFAULT_DEVICE_DTYPES``): on wasm ``q8`` when the repo has it, else ``fp32`` (as
   transformers.js does); on WebGPU ``fp32``; when the repo lacks the default, ``"auto"``;
