@@ -154,6 +154,65 @@ def test_js_rewrite_builds_the_same_model(model, dtype, tmp_path):
     assert onnx.load(tmp_path / "js.onnx") == m
 
 
+def test_models_below_opset_21_stay_native(tmp_path):
+    """The fixture repo's MatMulNBits models import opset 17: no blocked DequantizeLinear, so no fp32 form."""
+    from make_fixture_repo import make_repo
+
+    from webformers.runtime.forms import ModuleFacts, check_form_args, choose_forms
+    from webformers.runtime.load import load_sessions
+    from webformers.runtime.onnx_info import onnx_opset
+    from webformers.store import ModelRepo
+
+    repo_dir = make_repo(tmp_path / "opset17", report=False)
+    assert onnx_opset((repo_dir / "onnx" / "encoder_model_q4.onnx").read_bytes()) == 17
+    assert onnx_opset(_file(TINY, "q4").read_bytes()) == 21
+
+    async def go():
+        loaded = await load_sessions(await ModelRepo.open(str(repo_dir)), dtype="q4", device="wasm",
+                                     execution="fp32")
+        loaded.dispose()
+        return loaded.timings["forms"]
+
+    reasons = {m: (f["form"], f["reason"]) for m, f in run_async(go()).items()}
+    why = ("native", "native: the model imports ONNX opset 17; the fp32 form needs >= 21")
+    assert reasons == {"encoder_model": why, "decoder_model_merged": why}
+    c = choose_forms([ModuleFacts("model", "q4", 10, 10, 17)], check_form_args(), device="wasm",
+                     backend="onnxruntime-web")["model"]
+    assert (c.form, c.reason) == why
+
+
+def test_matmuls_without_an_fp32_form_stay_as_they_are(tmp_path):
+    """A MatMulNBits with g_idx, one with 3-bit codes and one whose weight is in typed fields are left alone,
+    by both rewrites and by the weight count."""
+    import onnx
+    from onnx import numpy_helper
+
+    from webformers.runtime.exec_form import expand_quantized_matmuls
+    from webformers.runtime.onnx_info import quantized_matmul_weights
+
+    m = onnx.load(_file(TINY, "q4"))
+    mm = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    while len(mm[0].input) < 5:
+        mm[0].input.append("")
+    mm[0].input[4] = "g_idx"
+    next(a for a in mm[1].attribute if a.name == "bits").i = 3
+    inits = {t.name: t for t in m.graph.initializer}
+    typed = inits[mm[2].input[1]]
+    values = numpy_helper.to_array(typed)
+    typed.ClearField("raw_data")
+    typed.int32_data.extend(int(v) for v in values.reshape(-1))
+    kept = sum(next(a.i for a in n.attribute if a.name == "K") * next(a.i for a in n.attribute if a.name == "N")
+               for n in mm[:3])
+    src = tmp_path / "mixed.onnx"
+    onnx.save_model(m, src)
+    total = quantized_matmul_weights(_file(TINY, "q4").read_bytes())
+    assert quantized_matmul_weights(src.read_bytes()) == total - kept
+    res = _js_rewrite(src, tmp_path / "js.onnx")
+    assert res == expand_quantized_matmuls(m, "fp32") == {"changed": 12, "weights": total - kept}
+    assert onnx.load(tmp_path / "js.onnx") == m
+    assert [n.name for n in m.graph.node if n.op_type == "MatMulNBits"] == [n.name for n in mm[:3]]
+
+
 def test_cpython_auto_runs_the_stored_file_and_fp32_is_reported():
     from webformers import AutoModelForCausalLM
 

@@ -2,8 +2,8 @@
 //
 // onnxruntime's WebAssembly build has no block-quantized GEMM: com.microsoft.MatMulNBits and MatMulBnb4
 // dequantize their whole weight on every call. expandQuantizedMatmuls(bytes, "fp32") replaces each such node
-// whose weight is an initializer by a decode of that weight plus a plain matmul, so that onnxruntime decodes
-// the weight once, when the session is created (constant folding), and then runs a prepacked fp32 matmul:
+// it can (see rewritable) by a decode of its weight plus a plain matmul, so that onnxruntime decodes the
+// weight once, when the session is created (constant folding), and then runs a prepacked fp32 matmul:
 //   MatMulNBits (2/4/8 bits): its codes [N, K/block, blob] are the bytes of an ONNX uint2/uint4/uint8 tensor
 //     [N, K] (lowest bits first in both), so the initializer only gets a new type and shape, and
 //     DequantizeLinear(codes, scales [N, K/block], zero points, axis=1, block_size) gives W^T;
@@ -273,13 +273,16 @@ class Graph {
     }
   }
 
-  // the initializer `name` read as `type` [dims]: changed in place when only one node reads it, else a copy
-  // named `name/suffix` (made once, however many nodes read it)
+  // an initializer whose value bytes can be re-read with another type (raw_data or external data)
+  bytesInit(name) {
+    const t = this.inits.get(name);
+    return t !== undefined && (t.raw || t.external);
+  }
+
+  // the initializer `name` (see bytesInit) read as `type` [dims]: changed in place when only one node reads
+  // it, else a copy named `name/suffix` (made once, however many nodes read it)
   retype(name, type, dims, suffix) {
     const t = this.inits.get(name);
-    if (!t.raw && !t.external) {
-      throw new Error(`initializer ${name} keeps its values in typed fields, not raw_data; re-save the model with raw data`);
-    }
     if ((this.uses.get(name) || 0) > 1) {
       const copy = `${name}/${suffix}`;
       if (!this.copies.has(copy)) this.copies.set(copy, retypedTensor(this.buf, t, type, dims, copy));
@@ -304,18 +307,26 @@ function unpackSmall(b, packed, bits, name) {
   return b.op("Concat", parts, `${name}_codes`, { axis: -1 });
 }
 
+// Whether node `n` has an fp32 form: a MatMulNBits with 2/4/8-bit codes and no g_idx (act-order), or a
+// MatMulBnb4 with NF4 codes (quant_type 1) in whole blocks, whose weight initializer has its bytes as raw or
+// external data. The others stay as they are.
+function rewritable(g, node) {
+  if (node.domain !== MS || !KINDS.includes(node.opType) || !g.bytesInit(node.input[1])) return false;
+  const { K: k, N: n, bits, block_size: block, quant_type: qtype = 1 } = node.attrs;
+  if (node.opType === "MatMulNBits") return [2, 4, 8].includes(bits) && !node.input[4];
+  return qtype === 1 && block % 2 === 0 && (n * k) % block === 0;
+}
+
 // W^T [N, K] (fp32) of a MatMulNBits node: DequantizeLinear over its codes re-typed as uint<bits> [N, K]
 function decodeNbits(b, g, node) {
   const { K: k, N: n, bits, block_size: block } = node.attrs;
-  if (![2, 4, 8].includes(bits)) throw new Error(`${node.name}: MatMulNBits with bits=${bits}; supported: 2, 4, 8`);
-  if (node.input[4]) throw new Error(`${node.name}: MatMulNBits with g_idx (act-order) is not supported`);
   const utype = UTYPE[bits], nb = Math.ceil(k / block);
   const codes = g.retype(node.input[1], utype, [n, nb * block], `u${bits}`);
   let scales = b.op("Cast", [node.input[2]], "s_f", { to: T.FLOAT });
   scales = b.op("Reshape", [scales, b.i64("s_shape", [n, nb])], "s");
   let zp = node.input[3] || null;
   const zpType = zp ? g.types.get(zp) : undefined;
-  const wholeBytes = zp !== null && g.inits.has(zp) && zpType === T.UINT8 && (nb * bits) % 8 === 0;
+  const wholeBytes = zp !== null && g.bytesInit(zp) && zpType === T.UINT8 && (nb * bits) % 8 === 0;
   let w;
   if (zp === null || wholeBytes) {
     if (zp === null) {  // the default zero point 2**(bits-1) in every block
@@ -348,9 +359,6 @@ function decodeNbits(b, g, node) {
 // W^T [N, K] (fp32) of a MatMulBnb4 (NF4) node: its bytes [N*K/block, block/2] index NF4_PAIRS
 function decodeBnb4(b, g, node) {
   const { K: k, N: n, block_size: block } = node.attrs;
-  const qtype = node.attrs.quant_type ?? 1;
-  if (qtype !== 1) throw new Error(`${node.name}: MatMulBnb4 quant_type=${qtype}; supported: 1 (NF4)`);
-  if ((n * k) % block || block % 2) throw new Error(`${node.name}: N*K=${n * k} is not a multiple of block_size=${block}`);
   const blocks = (n * k) / block;
   let codes = g.retype(node.input[1], T.UINT8, [blocks, block / 2], "blocks");
   codes = b.op("Cast", [codes], "codes_i32", { to: T.INT32 });
@@ -383,8 +391,8 @@ const isOnnxDomain = (domain) => domain === "" || domain === "ai.onnx";
 
 /**
  * The model `bytes` (a Uint8Array of an ONNX ModelProto) in execution `form`: "native" returns them as they
- * are; "fp32" rewrites every MatMulNBits / MatMulBnb4 of the main graph whose weight is an initializer (see the
- * top of this file).
+ * are; "fp32" rewrites every MatMulNBits / MatMulBnb4 of the main graph that has an fp32 form (rewritable; see
+ * the top of this file).
  * Returns {bytes, changed: how many matmuls were rewritten, weights: how many weights those hold (sum of K*N)}.
  * 2-bit codes need uint2 tensors: the rewritten model then imports ONNX opset 25 and IR version 11.
  */
@@ -398,7 +406,7 @@ export function expandQuantizedMatmuls(bytes, form = "fp32") {
   const targets = [];
   let weights = 0;
   g.nodes.forEach((n, idx) => {
-    if (n.domain !== MS || !KINDS.includes(n.opType) || !g.inits.has(n.input[1])) return;
+    if (!rewritable(g, n)) return;
     targets.push(idx);
     weights += n.attrs.K * n.attrs.N;
   });

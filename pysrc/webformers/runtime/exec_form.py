@@ -4,9 +4,11 @@ onnxruntime worker (the tests check that both build the same model).
 
 onnxruntime has no block-quantized GEMM for WebAssembly: ``com.microsoft.MatMulNBits`` and ``MatMulBnb4``
 dequantize their whole weight on every call there. :func:`expand_quantized_matmuls` replaces each such node of
-the main graph whose weight is an initializer by a decode of that weight plus a plain matmul, so that
-onnxruntime decodes the weight once, when the session is created (constant folding), and then runs a
-prepacked fp32 matmul:
+the main graph that has an fp32 form by a decode of its weight plus a plain matmul, so that onnxruntime
+decodes the weight once, when the session is created (constant folding), and then runs a prepacked fp32
+matmul. A node has an fp32 form when it is a MatMulNBits with 2/4/8-bit codes and no g_idx (act-order), or a
+MatMulBnb4 with NF4 codes (quant_type 1) in whole blocks, and its weight initializer has its bytes as raw or
+external data; the others stay as they are. The decodes:
 
 - MatMulNBits (2/4/8 bits): its codes [N, K/block, blob] are the bytes of an ONNX uint2/uint4/uint8 tensor
   [N, K] (lowest bits first in both), so the initializer only gets a new type and shape, and
@@ -120,13 +122,17 @@ class _Graph:
                 self.types[n.output[0]] = int(_attrs(n)["to"])
         self.copies: dict[str, object] = {}
 
+    def bytes_init(self, name: str) -> bool:
+        """Whether ``name`` is an initializer whose value bytes can be re-read with another type (raw_data or
+        external data)."""
+        t = self.inits.get(name)
+        return t is not None and (t.HasField("raw_data") or t.data_location == t.EXTERNAL)
+
     def retype(self, name: str, onnx_type: int, dims, suffix: str) -> str:
-        """The initializer ``name`` read as ``onnx_type`` [dims] (the same bytes): changed in place when only
-        one node reads it, else a copy named ``name/suffix`` (made once, however many nodes read it)."""
+        """The initializer ``name`` (see ``bytes_init``) read as ``onnx_type`` [dims] (the same bytes): changed
+        in place when only one node reads it, else a copy named ``name/suffix`` (made once, however many
+        nodes read it)."""
         t = self.inits[name]
-        if t.data_location == 0 and not t.HasField("raw_data"):
-            raise ValueError(f"initializer {name} keeps its values in typed fields, not raw_data; "
-                             "re-save the model with raw data")
         if self.uses.get(name, 0) > 1:
             copy_name = f"{name}/{suffix}"
             if copy_name in self.copies:
@@ -163,10 +169,6 @@ def _decode_nbits(b: _Builder, g: _Graph, node):
 
     a = _attrs(node)
     k, n, bits, block = int(a["K"]), int(a["N"]), int(a["bits"]), int(a["block_size"])
-    if bits not in (2, 4, 8):
-        raise ValueError(f"{node.name}: MatMulNBits with bits={bits}; supported: 2, 4, 8")
-    if len(node.input) > 4 and node.input[4]:
-        raise ValueError(f"{node.name}: MatMulNBits with g_idx (act-order) is not supported")
     utype = {2: TensorProto.UINT2, 4: TensorProto.UINT4, 8: TensorProto.UINT8}[bits]
     nb = -(-k // block)
     codes = g.retype(node.input[1], utype, [n, nb * block], f"u{bits}")
@@ -174,7 +176,7 @@ def _decode_nbits(b: _Builder, g: _Graph, node):
     scales = b.op("Reshape", [scales, b.i64("s_shape", [n, nb])], "s")
     zp = node.input[3] if len(node.input) > 3 and node.input[3] else None
     zp_type = g.types.get(zp) if zp else None
-    whole_bytes = zp is not None and zp in g.inits and zp_type == TensorProto.UINT8 and (nb * bits) % 8 == 0
+    whole_bytes = zp is not None and g.bytes_init(zp) and zp_type == TensorProto.UINT8 and (nb * bits) % 8 == 0
     if zp is None or whole_bytes:
         if zp is None:  # the default zero point 2**(bits-1) in every block
             mid = 1 << (bits - 1)
@@ -206,11 +208,7 @@ def _decode_bnb4(b: _Builder, g: _Graph, node):
     from onnx import TensorProto
 
     a = _attrs(node)
-    k, n, block, qtype = int(a["K"]), int(a["N"]), int(a["block_size"]), int(a.get("quant_type", 1))
-    if qtype != 1:
-        raise ValueError(f"{node.name}: MatMulBnb4 quant_type={qtype}; supported: 1 (NF4)")
-    if (n * k) % block or block % 2:
-        raise ValueError(f"{node.name}: N*K={n * k} is not a multiple of block_size={block}")
+    k, n, block = int(a["K"]), int(a["N"]), int(a["block_size"])
     blocks = n * k // block
     codes = g.retype(node.input[1], TensorProto.UINT8, [blocks, block // 2], "blocks")
     codes = b.op("Cast", [codes], "codes_i32", to=TensorProto.INT32)
@@ -219,6 +217,17 @@ def _decode_bnb4(b: _Builder, g: _Graph, node):
     absmax = b.op("Reshape", [absmax, b.i64("absmax_shape", [blocks, 1, 1])], "absmax")
     w = b.op("Mul", [values, absmax], "scaled")
     return b.op("Reshape", [w, b.i64("w_rows", [n, k])], "w_nk")
+
+
+def _rewritable(g: _Graph, node) -> bool:
+    """Whether ``node`` has an fp32 form (see the module docstring)."""
+    if node.domain != MS or node.op_type not in _KINDS or not g.bytes_init(node.input[1]):
+        return False
+    a = _attrs(node)
+    if node.op_type == "MatMulNBits":
+        return int(a["bits"]) in (2, 4, 8) and not (len(node.input) > 4 and node.input[4])
+    k, n, block = int(a["K"]), int(a["N"]), int(a["block_size"])
+    return int(a.get("quant_type", 1)) == 1 and block % 2 == 0 and (n * k) % block == 0
 
 
 def _rewrite_node(b: _Builder, g: _Graph, node):
@@ -248,9 +257,9 @@ def _rewrite_node(b: _Builder, g: _Graph, node):
 
 def expand_quantized_matmuls(model, form: str = "fp32") -> dict:
     """Rewrite ``model`` (an onnx ModelProto, in place) into execution ``form``: "native" leaves it as it is;
-    "fp32" rewrites every MatMulNBits / MatMulBnb4 of the main graph whose weight is an initializer (see the
-    module docstring). Returns ``{"changed": how many matmuls were rewritten, "weights": how many weights those
-    hold (sum of K*N)}``. 2-bit codes need uint2 tensors: the model then imports ONNX opset 25 and IR version 11.
+    "fp32" rewrites every node of the main graph that has an fp32 form (see the module docstring). Returns
+    ``{"changed": how many matmuls were rewritten, "weights": how many weights those hold (sum of K*N)}``.
+    2-bit codes need uint2 tensors: the model then imports ONNX opset 25 and IR version 11.
     """
     if form not in FORMS:
         raise ValueError(f"unknown execution form {form!r}; choose one of: {', '.join(FORMS)}")
@@ -258,7 +267,7 @@ def expand_quantized_matmuls(model, form: str = "fp32") -> dict:
         return {"changed": 0, "weights": 0}
     graph = model.graph
     g = _Graph(graph)
-    targets = {i for i, n in enumerate(graph.node) if n.domain == MS and n.op_type in _KINDS and n.input[1] in g.inits}
+    targets = {i for i, n in enumerate(graph.node) if _rewritable(g, n)}
     if not targets:
         return {"changed": 0, "weights": 0}
     if not any(o.domain in ("", "ai.onnx") and o.version >= 21 for o in model.opset_import):

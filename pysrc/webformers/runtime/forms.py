@@ -8,7 +8,7 @@ module runs in one of these forms:
   at load (``web/exec-form.js`` in the browser, ``runtime.exec_form`` on CPython): the same arithmetic as the
   native kernels' fp32 path, so the same greedy tokens, at fp32-file speed on WebAssembly (which has no
   block-quantized GEMM), for the memory of fp32 weights. Dtypes with an fp32 form:
-  ``dtypes.has_fp32_form`` (q4, q4f16, q2, q2f16, bnb4).
+  ``dtypes.has_fp32_form`` (q4, q4f16, q2, q2f16, bnb4); the model must import ONNX opset >= 21.
 
 ``execution="auto"`` (the default) picks per module: WebGPU -> native (it has the 4-bit kernels); CPython
 (onnxruntime) -> native (the reference); wasm -> fp32 when the estimated peak of the whole load stays within
@@ -16,10 +16,11 @@ module runs in one of these forms:
 ``DType.fp32_form_bytes`` (8, or 16 for bnb4) per quantized weight (``onnx_info.quantized_matmul_weights``);
 modules are expanded in load order while the sum over the load fits. ``max_memory`` is bytes (an int) or a
 string like ``"1.5GB"`` / ``"800MiB"``; the default, :data:`DEFAULT_MAX_MEMORY`, stays well inside
-WebAssembly's 4 GiB heap. ``"native"`` / ``"fp32"`` force a form (``"fp32"`` leaves modules whose dtype has
-no fp32 form native).
+WebAssembly's 4 GiB heap. ``"native"`` / ``"fp32"`` force a form (``"fp32"`` leaves native the modules that
+cannot have it: their dtype has no fp32 form, or their model imports an opset below 21).
 
-- ``check_execution(execution)``, ``parse_max_memory(max_memory)``: validate the arguments, before any I/O;
+- ``check_form_args(execution, max_memory)`` -> ``FormRequest`` (``check_execution``, ``parse_max_memory``):
+  validate the arguments, before any I/O;
 - ``FormRequest``: both, checked; ``request.fixed_form(dtype, device, backend)`` is the form when it does
   not depend on the file, else None; ``request.key(...)`` names the choice in a warm-start session key;
   ``request.chooses(backend)``: False for the default on CPython (every module native, nothing to report);
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 
 from ..dtypes import get_dtype, has_fp32_form
 
-__all__ = ["EXECUTIONS", "DEFAULT_MAX_MEMORY", "FormRequest", "FormChoice", "ModuleFacts", "check_execution",
-           "parse_max_memory", "check_form_args", "choose_forms", "format_bytes"]
+__all__ = ["EXECUTIONS", "DEFAULT_MAX_MEMORY", "FP32_FORM_OPSET", "FormRequest", "FormChoice", "ModuleFacts",
+           "check_execution", "parse_max_memory", "check_form_args", "choose_forms", "format_bytes"]
 
 #: the ``execution=`` choices
 EXECUTIONS = ("auto", "native", "fp32")
@@ -114,14 +115,19 @@ def check_form_args(execution="auto", max_memory=None) -> FormRequest:
     return FormRequest(check_execution(execution), parse_max_memory(max_memory))
 
 
+#: the ONNX opset the fp32 form needs (blocked DequantizeLinear, uint4)
+FP32_FORM_OPSET = 21
+
+
 @dataclass(frozen=True)
 class ModuleFacts:
     """What the choice needs of one module: its dtype, its files' bytes, and (when the choice depends on
-    them) the quantized weights of its main file (None: not counted)."""
+    them) the quantized weights of its main file (None: not counted) and the ONNX opset it imports."""
     module: str
     dtype: str
     file_bytes: int
     weights: int | None = None
+    opset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,17 @@ def _fp32_peak(m: ModuleFacts) -> int:
     return m.file_bytes + get_dtype(m.dtype).fp32_form_bytes * (m.weights or 0)
 
 
+def _why_no_fp32_form(m: ModuleFacts) -> str | None:
+    """Why ``m`` cannot run in the fp32 form, as far as its facts tell (None: it can)."""
+    if not has_fp32_form(m.dtype):
+        return f"{m.dtype} has no fp32 form"
+    if m.weights == 0:
+        return "no block-quantized matmul with a constant weight"
+    if m.opset is not None and m.opset < FP32_FORM_OPSET:
+        return f"the model imports ONNX opset {m.opset}; the fp32 form needs >= {FP32_FORM_OPSET}"
+    return None
+
+
 def choose_forms(modules: list[ModuleFacts], request: FormRequest, *, device: str, backend: str,
                  fixed: dict[str, FormChoice] | None = None) -> dict[str, FormChoice]:
     """{module: FormChoice} for ``modules`` (in load order) on ``device`` ("wasm" / "webgpu") of ``backend``
@@ -153,20 +170,18 @@ def choose_forms(modules: list[ModuleFacts], request: FormRequest, *, device: st
         if m.module in fixed:
             out[m.module] = fixed[m.module]
             continue
-        form = request.fixed_form(m.dtype, device, backend)
-        if not has_fp32_form(m.dtype):
-            out[m.module] = FormChoice("native", f"native: {m.dtype} has no fp32 form", m.file_bytes)
+        why_not = _why_no_fp32_form(m)
+        if why_not is not None:
+            out[m.module] = FormChoice("native", f"native: {why_not}", m.file_bytes)
         elif request.execution != "auto":
-            peak = _fp32_peak(m) if form == "fp32" else m.file_bytes
-            out[m.module] = FormChoice(form, f"{form}: execution={request.execution!r}", peak)
+            form = request.execution
+            out[m.module] = FormChoice(form, f"{form}: execution={form!r}",
+                                       _fp32_peak(m) if form == "fp32" else m.file_bytes)
         elif backend == CPYTHON_BACKEND:
             out[m.module] = FormChoice("native", "native: CPython onnxruntime runs the stored file (the reference)",
                                        m.file_bytes)
         elif device != "wasm":
             out[m.module] = FormChoice("native", f"native: {device} has kernels for the quantized matmuls",
-                                       m.file_bytes)
-        elif not m.weights:
-            out[m.module] = FormChoice("native", "native: no block-quantized matmul with a constant weight",
                                        m.file_bytes)
         else:
             peak = _fp32_peak(m)

@@ -30,7 +30,7 @@ from . import backend, forms
 from .. import platform
 from ..store import REPORT_PATH, LoadEvents, ModelRepo
 from .exec_form import SESSION_CONFIG
-from .onnx_info import onnx_output_names, quantized_matmul_weights
+from .onnx_info import onnx_opset, onnx_output_names, quantized_matmul_weights
 from .plan import check_dtype_arg, select_dtypes
 
 __all__ = ["Loaded", "load_sessions", "ADAPTER_OVERRIDE"]
@@ -79,10 +79,11 @@ def _choose_forms(plan, request: forms.FormRequest, adopted: dict, by_path: dict
             fixed[m] = forms.FormChoice(**adopted[m].choice)
             facts.append(forms.ModuleFacts(m, plan.dtypes[m], sum(sizes[f] or 0 for f in files)))
             continue
-        main = _main_first(m, files)[0]
+        main = by_path[_main_first(m, files)[0]]
         counted = request.fixed_form(plan.dtypes[m], plan.device, backend.backend_name) != "native"
         facts.append(forms.ModuleFacts(m, plan.dtypes[m], sum(platform.byte_length(by_path[f]) for f in files),
-                                       quantized_matmul_weights(by_path[main]) if counted else None))
+                                       quantized_matmul_weights(main) if counted else None,
+                                       onnx_opset(main) if counted else None))
     return forms.choose_forms(facts, request, device=plan.device, backend=backend.backend_name, fixed=fixed)
 
 

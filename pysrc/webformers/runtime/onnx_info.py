@@ -1,5 +1,5 @@
 """What an ONNX model's framing says, read without onnx or protobuf: ``onnx_output_names(data)``,
-``quantized_matmul_weights(data)``.
+``onnx_opset(data)``, ``quantized_matmul_weights(data)``.
 
 Only the protobuf framing is walked, through a window of the bytes, so for model bytes that live in JS
 (the browser) only small slices cross into Python.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .. import platform
 
-__all__ = ["onnx_output_names", "quantized_matmul_weights"]
+__all__ = ["onnx_output_names", "onnx_opset", "quantized_matmul_weights"]
 
 
 class _Reader:
@@ -86,6 +86,22 @@ def onnx_output_names(data) -> list[str]:
     raise ValueError("not an ONNX model: no graph found")
 
 
+def onnx_opset(data) -> int:
+    """The version of the default ONNX domain (``""`` / ``"ai.onnx"``) a model imports (0: none)."""
+    r = _Reader(data)
+    for num, wt, v in _fields(r, 0, r.n):
+        if num == 8 and wt == 2:  # ModelProto.opset_import: OperatorSetIdProto domain (1), version (2)
+            domain, version = b"", 0
+            for onum, owt, ov in _fields(r, *v):
+                if onum == 1 and owt == 2:
+                    domain = r.bytes(*ov)
+                elif onum == 2 and owt == 0:
+                    version = ov
+            if domain in (b"", b"ai.onnx"):
+                return version
+    return 0
+
+
 def _graph(r: _Reader):
     for num, wt, v in _fields(r, 0, r.n):
         if num == 7 and wt == 2:  # ModelProto.graph
@@ -94,7 +110,8 @@ def _graph(r: _Reader):
 
 
 def _matmul(node: bytes):
-    """(weight input, K*N) of a com.microsoft MatMulNBits / MatMulBnb4 NodeProto, else None."""
+    """(weight input, K*N) of a com.microsoft MatMulNBits / MatMulBnb4 NodeProto that has an fp32 form (2/4/8
+    bits and no g_idx; NF4 in whole blocks: as ``runtime.exec_form``), else None."""
     r = _Reader(node)
     inputs, op, domain, attrs = [], "", "", {}
     for num, wt, v in _fields(r, 0, r.n):
@@ -114,15 +131,22 @@ def _matmul(node: bytes):
                 elif anum == 3 and awt == 0:
                     value = av
             attrs[name] = value
-    if domain != b"com.microsoft" or op not in (b"MatMulNBits", b"MatMulBnb4") or len(inputs) < 2:
+    if domain != b"com.microsoft" or len(inputs) < 2:
         return None
-    return inputs[1], (attrs.get(b"K") or 0) * (attrs.get(b"N") or 0)
+    k, n, block = attrs.get(b"K") or 0, attrs.get(b"N") or 0, attrs.get(b"block_size") or 0
+    if op == b"MatMulNBits":
+        ok = attrs.get(b"bits") in (2, 4, 8) and not (len(inputs) > 4 and inputs[4])
+    elif op == b"MatMulBnb4":
+        ok = attrs.get(b"quant_type", 1) == 1 and block and block % 2 == 0 and (n * k) % block == 0
+    else:
+        ok = False
+    return (inputs[1], k * n) if ok else None
 
 
 def quantized_matmul_weights(data) -> int:
     """How many weights (sum of K*N) the ``com.microsoft`` MatMulNBits / MatMulBnb4 nodes of an ONNX model's main
-    graph hold in initializers: what the fp32 execution form expands (``runtime.exec_form``). ``data``: bytes or
-    a JS Uint8Array; only the nodes and the initializers' names are read."""
+    graph that have an fp32 form hold: what that form expands (``runtime.exec_form``). ``data``: bytes or a JS
+    Uint8Array; only the nodes and the initializers' headers are read."""
     r = _Reader(data)
     inits, matmuls = set(), []
     for num, wt, v in _fields(r, *_graph(r)):
@@ -133,9 +157,13 @@ def quantized_matmul_weights(data) -> int:
             m = _matmul(node) if b"MatMulNBits" in node or b"MatMulBnb4" in node else None
             if m is not None:
                 matmuls.append(m)
-        elif num == 5:  # GraphProto.initializer: TensorProto.name (8)
+        elif num == 5:  # GraphProto.initializer: TensorProto name (8), raw_data (9), data_location (14)
+            name, values = None, False
             for tnum, twt, tv in _fields(r, *v):
                 if tnum == 8 and twt == 2:
-                    inits.add(r.bytes(*tv))
-                    break
+                    name = r.bytes(*tv)
+                elif (tnum == 9 and twt == 2) or (tnum == 14 and twt == 0 and tv == 1):
+                    values = True
+            if values:
+                inits.add(name)
     return sum(kn for weight, kn in matmuls if weight in inits)
