@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from conftest import SITE, PageSession, run_async, run_py
+from helpers import SITE, PageSession, run_async, run_py
 
 TINY = "webformers/tiny-random-llama"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "pysrc"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from buildtools.server import Handler, SiteServer  # noqa: E402
-from conftest import run_async, run_py  # noqa: E402
+from helpers import run_async, run_py  # noqa: E402
 from make_foreign_repo import cached_build, greedy  # noqa: E402
 from webformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from webformers.cli import main as cli_main  # noqa: E402

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, PageSession, origin_violations, run_async, run_py
+from helpers import ROOT, PageSession, origin_violations, run_async, run_py
 
 K, N, BLOCK = 64, 32, 32
 
@@ -221,6 +221,7 @@ def test_missing_pyodide_package_fails_boot_naming_it(browser, site_copy):
     assert numpy_whl in shown
 
 
+@pytest.mark.slow
 def test_second_build_is_10x_faster(tmp_path):
     """A fresh build (empty dist and cache) vs an immediate rebuild."""
     env = dict(os.environ, WEBFORMERS_DIST=str(tmp_path / "dist"), WEBFORMERS_CACHE=str(tmp_path / "cache"))

@@ -11,7 +11,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import run_async
+from helpers import run_async
 
 from webformers.generation import (
     GenerationConfig, LogitsProcessorList, MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import dump_json, run_py
+from helpers import dump_json, run_py
 
 pytestmark = pytest.mark.browser
 

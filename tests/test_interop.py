@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import SITE, PageSession, dump_json, run_py
+from helpers import SITE, PageSession, dump_json, run_py
 
 TINY = "webformers/tiny-random-llama"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

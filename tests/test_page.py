@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import ARTIFACTS, SITE, PageSession, dump_json, run_py
+from helpers import ARTIFACTS, SITE, PageSession, dump_json, run_py
 
 pytestmark = pytest.mark.browser
 

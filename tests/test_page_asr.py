@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ARTIFACTS, SITE, run_async, run_py
+from helpers import ARTIFACTS, SITE, run_async, run_py
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_py
+from helpers import run_py
 from make_fixture_repo import make_repo, reference
 from webformers.dtypes import onnx_file
 

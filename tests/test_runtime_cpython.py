@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "pysrc"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from make_fixture_repo import make_repo, reference  # noqa: E402
-from conftest import run_async
+from helpers import run_async
 from webformers import store as hub
 from webformers.runtime import load as loading# noqa: E402
 from webformers.dtypes import DTYPES, onnx_file  # noqa: E402

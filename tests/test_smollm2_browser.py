@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SITE, run_py
+from helpers import SITE, run_py
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PROMPTS = ("Once upon a time", "The capital of France is", "def fibonacci(n):",

@@ -406,7 +406,7 @@ def test_encode_2000_tokens(smollm2_dir, smollm2):
 @pytest.mark.browser
 def test_tokenizer_and_chat_template_in_pyodide(shared_page, server, smollm2_dir, smollm2):
     """The same files, fetched by the worker: identical ids, decode, streaming and chat template in Pyodide."""
-    from conftest import run_py
+    from helpers import run_py
     from transformers import AutoTokenizer as HFAuto
 
     _, hf = smollm2

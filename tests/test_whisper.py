@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import run_async
+from helpers import run_async
 
 from webformers.speech.audio import (AudioError, decode_wav, load_audio, log_mel_spectrogram, mel_filter_bank,
                               resample)

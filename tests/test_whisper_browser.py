@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_py
+from helpers import run_py
 
 pytestmark = pytest.mark.browser
 
