@@ -1,12 +1,13 @@
 """Quantization-aware training: fine-tune a torch decoder's linear weights through the variant's own
 quantizer, distilled from the frozen full-precision model.
 
-Each decoder ``Linear`` gets a fixed block grid (:class:`.grid.Grid`: from an initial quantization such as
-GPTQ's, or fitted to the weight) and a parametrization that rounds its latent fp32 weight onto that grid in the
-forward pass, the gradient passing straight through (STE). The loss is KL(teacher || student) of the
-next-token distributions on calibration windows. The token table, when ``table_bits`` is given, is replaced
-by its quantized values (frozen) so the student sees what the file will hold. Export rounds the tuned latent
-weights onto the same grids: the forward pass and the file agree exactly.
+Each decoder ``Linear`` gets a block grid (:class:`.grid.Grid`: from an initial quantization such as GPTQ's, or
+fitted to the weight) and a parametrization that rounds its latent fp32 weight onto that grid in the forward
+pass: the codes follow the latent weight (straight-through gradient), the grid's log-scales and zero points
+are trained with their exact gradients, both through the 8-bit / fp16 storage the file gives them. The loss is
+KL(teacher || student) of the next-token distributions on calibration windows. The token table, when
+``table_bits`` is given, is replaced by its quantized values (frozen) so the student sees what the file will
+hold. Export rounds the tuned latent weights onto the trained grids, as the forward pass did.
 """
 from __future__ import annotations
 
@@ -159,8 +160,7 @@ def qat(model, bits, steps: int, *, tokenizer=None, texts=None, ids=None, init: 
             for n, _ in named if not isinstance(bits, dict) or bits.get(n) is not None}
     init = init or {}
     config = {"bits": {n: plan[n] for n in sorted(plan)}, "steps": steps, "lr": lr, "grid_lr": grid_lr,
-              "batch": batch, "seed": seed,
-              "table_bits": table_bits, "init": sorted(init)}
+              "batch": batch, "seed": seed, "table_bits": table_bits, "init": sorted(init)}
     fingerprint = _fingerprint(model, ids, config, init)
 
     teacher = copy.deepcopy(model).eval()
