@@ -2,13 +2,14 @@
 onnxruntime on CPython as the decode-speed limit.
 
 Every measurement is one load of ``bench.html`` (see web/bench/page.js) with the library, model, dtype,
-device, thread count, prompt ids and ``max_new_tokens`` in the query string. Per round and config the
+device, webformers' execution form (``runtime.forms``: native / fp32 / auto), thread count, prompt ids and
+``max_new_tokens`` in the query string; a dtype with an fp32 form gets one config per form. Per round and config the
 two libraries alternate (A/B in even rounds, B/A in odd ones); each gets a fresh browser context
 (empty Cache API: the *cold* run) and then a second page in that context (model files cached: the
 *warm* run). Ratios are computed pair by pair within a round, then summarised (median, min, max).
 
     python3 build.py bench                 # the full matrix, 3 rounds
-    python3 build.py bench --quick         # SmolLM2 q4 on WASM, one round
+    python3 build.py bench --quick         # SmolLM2 q4 on WASM (webformers native and fp32 forms), one round
     python3 -m buildtools.bench --help     # more knobs (threads, tokens, configs, output dir)
 
 Writes ``bench/results/<date>.json`` and ``<date>.md`` (the markdown table, also printed).
@@ -39,9 +40,11 @@ CHROMIUM_ARGS = [*COMMON_CHROMIUM_ARGS,
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "webformers/tiny-random-llama"
 LIBS = ("webformers", "transformers.js")
-#: (model, dtype, device, ratios_only)
-FULL_MATRIX = [(SMOLLM2, d, "wasm", False) for d in ("fp32", "q8", "q4", "q4f16")] + [(TINY, "fp32", "webgpu", True)]
-QUICK_MATRIX = [(SMOLLM2, "q4", "wasm", False)]
+#: (model, dtype, device, ratios_only, webformers' execution form)
+FULL_MATRIX = ([(SMOLLM2, d, "wasm", False, "auto") for d in ("fp32", "q8")]
+               + [(SMOLLM2, d, "wasm", False, e) for d in ("q4", "q4f16") for e in ("native", "fp32")]
+               + [(TINY, "fp32", "webgpu", True, "auto")])
+QUICK_MATRIX = [(SMOLLM2, "q4", "wasm", False, e) for e in ("native", "fp32")]
 PROMPT = "Write a short story about a robot who learns to paint."
 RUN_TIMEOUT_MS = 600_000
 
@@ -100,7 +103,7 @@ def check_models(matrix) -> None:
     from webformers.dtypes import onnx_file
 
     missing = []
-    for model, dtype, _device, _ in matrix:
+    for model, dtype, *_ in matrix:
         f = repo_dir(model) / onnx_file("model", dtype)
         if not f.is_file():
             missing.append(str(f.relative_to(ROOT)) if ROOT in f.parents else str(f))
@@ -295,8 +298,9 @@ def run(rounds: int, matrix, *, threads: int | None = 1, max_new_tokens: int = 3
                      "pyodide": site.get("pyodide_version")},
         "configs": [],
     }
-    for model, dtype, device, ratios_only in matrix:
+    for model, dtype, device, ratios_only, execution in matrix:
         result["configs"].append({"model": model, "dtype": dtype, "device": device, "ratios_only": ratios_only,
+                                  "execution": execution,
                                   "prompt_tokens": len(ids_by_model[model]), "encode_tokens": encode_tokens[model],
                                   "rounds": []})
     srv = serve(SITE)
@@ -316,7 +320,7 @@ def run(rounds: int, matrix, *, threads: int | None = 1, max_new_tokens: int = 3
                 order = LIBS if rnd % 2 == 0 else LIBS[::-1]
                 for cfg in result["configs"]:
                     params_base = {"model": cfg["model"], "dtype": cfg["dtype"], "device": cfg["device"],
-                                   "threads": threads or "default", "max_new_tokens": max_new_tokens,
+                                   "execution": cfg["execution"], "threads": threads or "default", "max_new_tokens": max_new_tokens,
                                    "tjs_ort": tjs_ort,
                                    "ids": ",".join(map(str, ids_by_model[cfg["model"]])),
                                    "encode_url": encode_url + encode_files[cfg["model"]]}
@@ -333,7 +337,8 @@ def run(rounds: int, matrix, *, threads: int | None = 1, max_new_tokens: int = 3
                             entry[lib]["profile"] = webformers_profile(warm)
                         status = "ok" if cold.get("ok") and warm.get("ok") else \
                             f"FAILED: {_last_line(cold.get('error') or warm.get('error'))}"
-                        log(f"round {rnd + 1} {cfg['model']} {cfg['dtype']}/{cfg['device']} {lib}: {status} "
+                        log(f"round {rnd + 1} {cfg['model']} {cfg['dtype']}/{cfg['device']}/{cfg['execution']} "
+                            f"{lib}: {status} "
                             f"decode={entry[lib]['figures'].get('decode_tokens_per_s', float('nan')):.1f} tok/s "
                             f"({cold['wall_s']}+{warm['wall_s']} s)")
                     wf_ids = entry["webformers"]["warm"].get("ids")
@@ -410,9 +415,9 @@ def aggregate(result: dict) -> None:
 
 
 def goals(result: dict) -> list[dict]:
-    def ratio(model, dtype, device, key):
+    def ratio(model, dtype, device, key, execution="native"):
         for c in result["configs"]:
-            if (c["model"], c["dtype"], c["device"]) == (model, dtype, device):
+            if (c["model"], c["dtype"], c["device"], c["execution"]) == (model, dtype, device, execution):
                 r = c["ratios"].get(key)
                 return r["median"] if r else None
         return None
@@ -468,6 +473,8 @@ def markdown(result: dict) -> str:
              "(tokenizer + model); 'page ready → first token' runs from navigation start.", ""]
     for c in result["configs"]:
         title = f"## {c['model']} — {c['dtype']} on {c['device']}"
+        if c["execution"] != "auto":
+            title += f", webformers in the {c['execution']} form"
         if c["ratios_only"]:
             title += " (software WebGPU: ratios only)"
         lines += [title, "", f"Prompt: {c['prompt_tokens']} tokens. Greedy outputs equal (webformers vs "
@@ -517,20 +524,22 @@ def write(result: dict, out_dir: Path = RESULTS, tag: str = "") -> tuple[Path, P
 
 
 def parse_configs(text: str) -> list[tuple]:
-    """``MODEL:DTYPE:DEVICE[,...]`` (MODEL may be ``smollm2`` or ``tiny``) → matrix entries."""
+    """``MODEL:DTYPE:DEVICE[:EXECUTION][,...]`` (MODEL may be ``smollm2`` or ``tiny``; EXECUTION: webformers'
+    execution form, auto by default) → matrix entries."""
     from webformers.dtypes import check_device, get_dtype
+    from webformers.runtime.forms import check_execution
 
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"config {item!r} must be MODEL:DTYPE:DEVICE, e.g. smollm2:q4:wasm")
-        model, dtype, device = parts
+        if len(parts) not in (3, 4):
+            raise ValueError(f"config {item!r} must be MODEL:DTYPE:DEVICE[:EXECUTION], e.g. smollm2:q4:wasm:fp32")
+        model, dtype, device, execution = (*parts, "auto")[:4]
         model = {"smollm2": SMOLLM2, "tiny": TINY}.get(model, model)
         get_dtype(dtype)
         if check_device(device) == "auto":
             raise ValueError("device must be wasm or webgpu for a benchmark, not auto")
-        out.append((model, dtype, device, device == "webgpu"))
+        out.append((model, dtype, device, device == "webgpu", check_execution(execution)))
     return out
 
 
@@ -580,15 +589,17 @@ def _cli(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m buildtools.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="SmolLM2 q4 on WASM, one round")
+    ap.add_argument("--quick", action="store_true",
+                    help="SmolLM2 q4 on WASM (webformers native and fp32 forms), one round")
     ap.add_argument("--threads", default="1", help="WASM and native onnxruntime threads (default 1), or "
                     "'default': each library's own default")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--tjs-ort", choices=["site", "bundled"], default="site",
                     help="transformers.js on the site's onnxruntime-web (same as webformers) or its bundled one")
     ap.add_argument("--budget-s", type=float, default=14 * 60, help="stop starting rounds past this (s)")
-    ap.add_argument("--configs", help="MODEL:DTYPE:DEVICE,... instead of the default matrix "
-                    "(MODEL: smollm2, tiny or a repo id under dist/site/models)")
+    ap.add_argument("--configs", help="MODEL:DTYPE:DEVICE[:EXECUTION],... instead of the default matrix "
+                    "(MODEL: smollm2, tiny or a repo id under dist/site/models; EXECUTION: webformers' "
+                    "execution form auto, native or fp32)")
     ap.add_argument("--out", default=str(RESULTS))
     return main(ap.parse_args(argv))
 

@@ -1,5 +1,6 @@
 // The benchmark page (bench.html): one measured run per page load, configured by the query string
 //   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1|default&max_new_tokens=32
+//    &execution=auto|native|fp32 (webformers' execution form, see runtime/forms.py; default auto)
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
 //    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
 //    &encode_url=URL (after generating: time encoding that text, the tokenizer benchmark)
@@ -23,7 +24,8 @@ async def _timed(coro):
 # tokenizer and model concurrently, as pipeline() loads them; each part timed to its own end
 (bench_tok, _tok_ms), (bench_model, _model_ms) = await asyncio.gather(
     _timed(AutoTokenizer.from_pretrained(_a["model"])),
-    _timed(AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"], strict=True)))
+    _timed(AutoModelForCausalLM.from_pretrained(_a["model"], dtype=_a["dtype"], device=_a["device"], strict=True,
+                                                execution=_a["execution"])))
 {"dtype": bench_model.dtype, "device": bench_model.device, "warnings": [str(w) for w in bench_model.warnings],
  "num_threads": int(js.wfOrt.info().threads), "tokenizer_ms": _tok_ms, "model_ms": _model_ms,
  "model_load_timings": dict(bench_model.load_timings)}
@@ -112,8 +114,8 @@ async function pageMemory() {
 
 /** One run: start the library, load the model, generate; returns the figures (ms on the page clock). */
 export async function runBench(cfg, log = () => {}) {
-  const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, threads: cfg.threads,
-              max_new_tokens: cfg.max_new_tokens, cross_origin_isolated: self.crossOriginIsolated };
+  const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, execution: cfg.execution,
+              threads: cfg.threads, max_new_tokens: cfg.max_new_tokens, cross_origin_isolated: self.crossOriginIsolated };
   const tokens = [];
   let tGen = 0;
   let lib;
@@ -197,6 +199,7 @@ function parseConfig(params) {
     model: params.get("model") || "HuggingFaceTB/SmolLM2-135M-Instruct",
     dtype: params.get("dtype") || "q4",
     device: params.get("device") || "wasm",
+    execution: params.get("execution") || "auto",
     threads: params.get("threads") === "default" ? null : num("threads", 1),  // null: each library's default
     max_new_tokens: num("max_new_tokens", 32),
     prompt: params.get("prompt") || "Once upon a time",
