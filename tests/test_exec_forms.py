@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SITE, dump_json, run_async, run_py
+from helpers import ROOT, SITE, dump_json, run_async, run_py
 
 TINY = "webformers/tiny-random-llama"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
