@@ -18,6 +18,9 @@ from pathlib import Path
 from buildtools.common import CACHE, DIST, ROOT, SITE, Stamps, hash_inputs, sha256_bytes, sha256_file
 
 NODE = ROOT / "node_modules"
+#: the browser runtime's own files (package data of the wheel), served from the site's webformers/
+PKG_ASSETS = ROOT / "pysrc" / "webformers" / "assets"
+ASSETS = SITE / "webformers"
 
 PYODIDE_VERSION = "0.27.7"
 PYODIDE_PACKAGES = ["numpy", "micropip", "packaging"]
@@ -136,7 +139,7 @@ def build_pyodide():
 # ---------------------------------------------------------------- onnxruntime-web, page, vendor
 def build_ort():
     src = NODE / "onnxruntime-web" / "dist"
-    dst = SITE / "ort"
+    dst = ASSETS / "ort"
     key = hash_inputs(*(src / f for f in ORT_FILES))
     stamps.step("ort", key, [dst / f for f in ORT_FILES], lambda: [_copy(src / f, dst / f) for f in ORT_FILES])
 
@@ -157,10 +160,12 @@ def build_page():
         for p in web.rglob("*"):
             if p.is_file():
                 _copy(p, SITE / p.relative_to(web))
+        for p in PKG_ASSETS.glob("*.js"):
+            _copy(p, ASSETS / p.name)
         for name, src in VENDOR.items():
             _copy(src, SITE / "vendor" / name)
 
-    key = hash_inputs(web, *VENDOR.values())
+    key = hash_inputs(web, *sorted(PKG_ASSETS.glob("*.js")), *VENDOR.values())
     stamps.step("page", key, [SITE / "index.html"], run)
 
 

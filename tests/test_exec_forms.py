@@ -1,7 +1,7 @@
 """Execution forms (runtime.forms): the dtype picks the files, the form picks what runs.
 
 CPython: the fp32 form of the tiny model's q4 / q4f16 / q2 / bnb4 gives the stored file's greedy tokens,
-folds every weight at load, and web/exec-form.js builds the same model as runtime/exec_form.py; the choice
+folds every weight at load, and webformers/assets/exec-form.js builds the same model as runtime/exec_form.py; the choice
 rules and the argument errors. Browser (WASM): the fp32 form generates CPython onnxruntime's greedy tokens
 for the variant (tiny and SmolLM2 q4) from the variant's own downloaded bytes, a small ``max_memory`` keeps
 native, the page's load panel shows the form, and a warm start creates the same form.
@@ -128,7 +128,7 @@ def test_native_form_leaves_the_model_and_bad_forms_raise():
 
 def _js_rewrite(src, out):
     script = ("import { readFileSync, writeFileSync } from 'node:fs';"
-              f"import {{ expandQuantizedMatmuls }} from '{(ROOT / 'web' / 'exec-form.js').as_uri()}';"
+              f"import {{ expandQuantizedMatmuls }} from '{(ROOT / 'pysrc' / 'webformers' / 'assets' / 'exec-form.js').as_uri()}';"
               f"const r = expandQuantizedMatmuls(new Uint8Array(readFileSync({json.dumps(str(src))})), 'fp32');"
               f"writeFileSync({json.dumps(str(out))}, r.bytes);"
               "console.log(JSON.stringify({changed: r.changed, weights: r.weights}));")
@@ -139,7 +139,7 @@ def _js_rewrite(src, out):
 @pytest.mark.parametrize("model,dtype", [(TINY, d) for d in VARIANTS + ["fp32", "q8"]]
                          + [("openai/whisper-tiny.en", "decoder_model_merged_q4")])
 def test_js_rewrite_builds_the_same_model(model, dtype, tmp_path):
-    """web/exec-form.js == runtime/exec_form.py (the Whisper decoder has If subgraphs)."""
+    """webformers/assets/exec-form.js == runtime/exec_form.py (the Whisper decoder has If subgraphs)."""
     import onnx
 
     from webformers.runtime.exec_form import expand_quantized_matmuls

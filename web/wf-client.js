@@ -10,7 +10,7 @@
 //   `installWorkerHooks({server, ort})` in the Python worker, its `installOrtHooks({server, ort})` in
 //   onnxruntime's (see worker.js); they may register RPC methods, which `call(method, args)` reaches.
 //   The benchmark's probes (bench/probe.js) are such a module.
-import { RpcCaller } from "./rpc.js";
+import { RpcCaller } from "./webformers/rpc.js";
 
 export class WebformersClient extends EventTarget {
   constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null, warmStart = null,

@@ -15,8 +15,8 @@
 // of onnxruntime's worker) and whose `installOrtHooks` runs in onnxruntime's worker (see ort-host.js).
 // The benchmark's probes use it (web/bench/probe.js); a page without ?hooks runs none of it.
 import { loadPyodide } from "./pyodide/pyodide.mjs";
-import { RpcCaller, RpcServer } from "./rpc.js";
-import { sha256Hex } from "./sha256.js";
+import { RpcCaller, RpcServer } from "./webformers/rpc.js";
+import { sha256Hex } from "./webformers/sha256.js";
 
 const base = new URL("./", import.meta.url);
 const params = new URL(self.location.href).searchParams;
@@ -35,10 +35,10 @@ const hooksUrl = (() => {
 
 // onnxruntime-web runs in its own worker (ort-host.js), started first: it loads while Pyodide boots and,
 // with ?warm=<model id> (WebformersClient's `warmStart`), creates that model's sessions meanwhile.
-const host = new Worker(new URL("./ort-host.js", import.meta.url), { type: "module" });
+const host = new Worker(new URL("./webformers/ort-host.js", import.meta.url), { type: "module" });
 const ortRpc = new RpcCaller(host);
 host.onerror = (ev) => ortRpc.fail(`the onnxruntime worker failed: ${ev.message || "script error"}`);
-const ortReady = ortRpc.call("init", [ortThreads, base.href, hooksUrl]);
+const ortReady = ortRpc.call("init", [ortThreads, hooksUrl]);
 ortReady.catch(() => {});
 const warmModel = params.get("warm");
 const warmStarted = warmModel ? ortRpc.call("warmStart", [warmModel]) : Promise.resolve(0);
@@ -231,7 +231,7 @@ async function boot() {
   try {
     ortInfo = await ortReady;
   } catch (e) {
-    throw new Error(`onnxruntime-web (ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
+    throw new Error(`onnxruntime-web (webformers/ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
   }
   await pyodide.runPythonAsync(`
 from webformers.runtime import backend

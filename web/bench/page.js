@@ -9,7 +9,7 @@
 // libraries, each running in its own dedicated worker, so message latency is the same on both sides:
 // webformers' worker with the probes of bench/probe.js installed as its hooks, transformers.js in
 // bench/tjs-host.js.
-import { RpcCaller } from "../rpc.js";
+import { RpcCaller } from "../webformers/rpc.js";
 import { WebformersClient } from "../wf-client.js";
 
 const PY_LOAD = (a) => `

@@ -1,10 +1,10 @@
 // The benchmark's transformers.js worker: the library loaded one of two ways (see init), a model and
 // its tokenizer, greedy generation with a message per token, one forward pass, tokenizer timings.
 //
-// An RPC server (../rpc.js), methods init, load, generate, forward, encode, encodeBench, memory, runs,
+// An RPC server (../webformers/rpc.js), methods init, load, generate, forward, encode, encodeBench, memory, runs,
 // each taking one object of arguments. Besides the replies it posts {type: "alive"} once listening,
 // {type: "prompt", n} before generating and {type: "token"} per generated token (bench/page.js times them).
-import { RpcServer } from "../rpc.js";
+import { RpcServer } from "../webformers/rpc.js";
 import { installMemoryProbe, installRunProbe } from "./probe.js";
 
 const memory = installMemoryProbe();
@@ -23,7 +23,7 @@ const post = (m) => self.postMessage(m);
 async function init({ threads, ort }) {
   let wasmDir;
   if (ort === "site") {
-    const ortUrl = new URL("ort/ort.webgpu.min.mjs", base).href;
+    const ortUrl = new URL("webformers/ort/ort.webgpu.min.mjs", base).href;
     const resp = await fetch(new URL("vendor/transformers/transformers.web.min.js", base));
     if (!resp.ok) throw new Error(`vendor/transformers/transformers.web.min.js: HTTP ${resp.status}`);
     const src = (await resp.text()).replace(/from\s*"onnxruntime-(web\/webgpu|common)"/g, `from"${ortUrl}"`);
@@ -31,7 +31,7 @@ async function init({ threads, ort }) {
     const blobUrl = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
     T = await import(blobUrl);
     runTimes = installRunProbe(await import(ortUrl));
-    wasmDir = "ort/";
+    wasmDir = "webformers/ort/";
   } else if (ort === "bundled") {
     T = await import(new URL("vendor/transformers/transformers.min.js", base).href);
     wasmDir = "vendor/transformers/";

@@ -1,5 +1,5 @@
 """The fp32 execution form of a model, written with the ``onnx`` package (the toolchain extra): the rewrite the
-CPython backend applies, and the reference for ``web/exec-form.js``, which applies it in the browser's
+CPython backend applies, and the reference for ``webformers/assets/exec-form.js``, which applies it in the browser's
 onnxruntime worker (the tests check that both build the same model).
 
 onnxruntime has no block-quantized GEMM for WebAssembly: ``com.microsoft.MatMulNBits`` and ``MatMulBnb4``

@@ -5,7 +5,7 @@ module runs in one of these forms:
 
 - ``"native"``: the file as it is (MatMulNBits / MatMulBnb4 kernels);
 - ``"fp32"``: the block-quantized matmuls rewritten so that onnxruntime decodes their weights to fp32 once,
-  at load (``web/exec-form.js`` in the browser, ``runtime.exec_form`` on CPython): the same arithmetic as the
+  at load (``webformers/assets/exec-form.js`` in the browser, ``runtime.exec_form`` on CPython): the same arithmetic as the
   native kernels' fp32 path, so the same greedy tokens, at fp32-file speed on WebAssembly (which has no
   block-quantized GEMM), for the memory of fp32 weights. Dtypes with an fp32 form:
   ``dtypes.has_fp32_form`` (q4, q4f16, q2, q2f16, bnb4); the model must import ONNX opset >= 21.

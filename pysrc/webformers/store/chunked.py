@@ -15,7 +15,7 @@ even on a page that was closed - leaves the chunks it got; ``commit`` marks the 
 whole file matched its sha256. ``read`` gives back what is stored, every chunk checked against its
 sha256 (a bad or missing one is evicted), in one buffer of the file's size with each chunk copied into
 its place, and says which chunks are missing, so they can be fetched alone. The onnxruntime worker
-(``web/ort-host.js``, warm start) reads complete indexes the same way.
+(``webformers/assets/ort-host.js``, warm start) reads complete indexes the same way.
 
 ``get``, ``put``, ``delete``, ``entries`` and ``usage`` work on whole files, like a platform store's;
 ``entries`` lists a file whose chunks are stored without a complete index with ``partial`` True, its

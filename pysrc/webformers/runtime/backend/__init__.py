@@ -16,7 +16,7 @@ A ``Session``:
 is the ONNX bytes (a JS ``Uint8Array`` in the browser, so the model never enters Python memory), or a path
 on CPython. ``keep_on_device`` names outputs to keep in GPU memory under WebGPU. ``form`` is the execution
 form (``runtime.forms``): "fp32" rewrites the block-quantized matmuls before the session is created
-(``web/exec-form.js`` in the onnxruntime worker, ``runtime.exec_form`` on CPython, which needs onnx);
+(``webformers/assets/exec-form.js`` in the onnxruntime worker, ``runtime.exec_form`` on CPython, which needs onnx);
 ``session.form`` says what was done: {"form", "changed" (matmuls rewritten), "weights" (their K*N),
 "rewrite_ms"}.
 

@@ -1,6 +1,6 @@
 """Browser backend: onnxruntime-web, in a worker of its own, reached through Pyodide's ``js`` bridge.
 
-``web/worker.js`` puts ``wfOrt`` (requests to ``web/ort-host.js``, the worker that runs onnxruntime-web)
+``web/worker.js`` puts ``wfOrt`` (requests to ``webformers/assets/ort-host.js``, the worker that runs onnxruntime-web)
 and ``wfBridge`` (small helpers) on the Pyodide worker's global scope. Model bytes go to the onnxruntime
 worker without entering Python memory; outputs Python does not fetch (the KV cache) stay there and are
 fed back by reference (:class:`RemoteTensor`), so per run only the small inputs and the fetched outputs
@@ -8,7 +8,7 @@ fed back by reference (:class:`RemoteTensor`), so per run only the small inputs 
 objects attribute by attribute from Python.
 
 Execution forms: ``create_session(..., form="fp32")`` has the onnxruntime worker rewrite the model bytes
-(``web/exec-form.js``) before it creates the session; the session says what was done (``session.form``).
+(``webformers/assets/exec-form.js``) before it creates the session; the session says what was done (``session.form``).
 
 Warm start: after a load, :func:`remember_warm_start` stores which files and options made each session;
 a page that names the model when it starts the worker (``WebformersClient({warmStart})``) has the

@@ -11,7 +11,7 @@
 // weights, rewrite_ms}}. A warm-start plan entry keeps the options (so the replay creates the same form) and
 // the form choice Python made, which adopt hands back.
 //
-// An RPC server (rpc.js) with the methods init(threads, base, hooks), create(model, external, options),
+// An RPC server (rpc.js) with the methods init(threads, hooks), create(model, external, options),
 // run(sid, feeds, fetch, free), release(refs), dispose(sid), warmStart(model), adopt(key), dropWarm(),
 // remember(model, module, plan). init comes first; every other request waits for it. `hooks`: the URL
 // of a module whose `installOrtHooks({server, ort})` runs once onnxruntime-web is imported, before any
@@ -186,9 +186,10 @@ async function dropWarm() {
 }
 
 // ---- boot
-async function init(threads, base, hooks) {
-  ort = await import(new URL("ort/ort.webgpu.min.mjs", base).href);
-  ort.env.wasm.wasmPaths = new URL("ort/", base).href;
+// onnxruntime-web's files are in ort/ next to this file
+async function init(threads, hooks) {
+  ort = await import(new URL("./ort/ort.webgpu.min.mjs", import.meta.url).href);
+  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   ort.env.wasm.numThreads = threads;
   ort.env.logLevel = "error";
   if (hooks) (await import(hooks)).installOrtHooks({ server, ort });
