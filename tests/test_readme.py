@@ -53,3 +53,14 @@ def test_quoted_report_matches_the_built_model(name):
         usable = [k for k in a if b[k] <= 0.5]
         assert usable and max(abs(a[k] - b[k]) for k in usable) <= 0.1, "the WER grid moved by more than ~8 words"
         assert all(a[k] > 0.3 for k in a if b[k] > 0.5), "a pair the README calls broken is no longer broken"
+
+
+@pytest.mark.parametrize("name", sorted(readme.SOURCES))
+def test_built_bytes_do_not_depend_on_the_checkout_path(name):
+    """The exporter writes each node's stack trace (with absolute source paths) into the graph; they are
+    stripped, or the quoted byte counts would hold only for a clone at the same path."""
+    onnx_dir = SITE_MODELS / readme.SOURCES[name] / "onnx"
+    files = sorted(onnx_dir.glob("*.onnx"))
+    assert files, f"no .onnx files in {onnx_dir}: build the demo models (python3 build.py build)"
+    leaked = [f.name for f in files if str(ROOT).encode() in f.read_bytes()]
+    assert not leaked, f"these files contain the checkout path {ROOT}: {leaked}"

@@ -98,7 +98,7 @@ def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
         tmp = os.path.join(td, "raw.onnx")
         prog.save(tmp, external_data=True)
         m = onnx.load(tmp, load_external_data=True)
-    _strip_metadata(m)
+    strip_metadata(m)
     _rename_dims(m, n_layers)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     lm_head = None if tied else model.lm_head.weight.detach().float().numpy()
@@ -106,8 +106,10 @@ def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
     return save_model(m, out_path, external_data=external_data)
 
 
-def _strip_metadata(m):
-    """Drop the exporter's per-node stack traces / doc strings (megabytes on a 30-layer model)."""
+def strip_metadata(m, *, keep_value_info: bool = False):
+    """Drop the exporter's per-node stack traces / doc strings: megabytes on a 30-layer model, and they
+    hold the source files' absolute paths, so without this the bytes depend on where the checkout is.
+    ``value_info`` (intermediate shapes) goes too unless ``keep_value_info``."""
     for n in m.graph.node:
         del n.metadata_props[:]
         n.doc_string = ""
@@ -115,7 +117,10 @@ def _strip_metadata(m):
         for v in coll:
             del v.metadata_props[:]
             v.doc_string = ""
-    del m.graph.value_info[:]
+    del m.metadata_props[:]
+    m.graph.doc_string = ""
+    if not keep_value_info:
+        del m.graph.value_info[:]
 
 
 def _rename_dims(m, n_layers):

@@ -327,7 +327,7 @@ def _export(module, args, dyn, in_names, out_names, path):
     import onnx
     import torch
 
-    from ..export import OPSET
+    from ..export import OPSET, strip_metadata
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as td:
         prog = torch.onnx.export(module, args, dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
@@ -336,6 +336,7 @@ def _export(module, args, dyn, in_names, out_names, path):
         tmp = os.path.join(td, "raw.onnx")
         prog.save(tmp, external_data=True)
         m = onnx.load(tmp, load_external_data=True)
+    strip_metadata(m, keep_value_info=True)
     return m
 
 
