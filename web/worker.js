@@ -14,7 +14,7 @@
 // Pyodide has booted, before ready() answers (`server`: this worker's RPC server, `ort`: the RpcCaller
 // of onnxruntime's worker) and whose `installOrtHooks` runs in onnxruntime's worker (see ort-host.js).
 // The benchmark's probes use it (web/bench/probe.js); a page without ?hooks runs none of it.
-import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { bootPython } from "./webformers/pyboot.js";
 import { RpcCaller, RpcServer } from "./webformers/rpc.js";
 import { sha256Hex } from "./webformers/sha256.js";
 
@@ -150,82 +150,16 @@ self.wfOrt = {
   info: () => ortInfo,
 };
 
-async function fetchVerified(url, sha256, what) {
-  let resp;
-  try {
-    resp = await fetch(url);
-  } catch (e) {
-    throw new Error(`${what} could not be fetched from ${url}: ${e}`);
-  }
-  if (!resp.ok) throw new Error(`${what} is missing: ${url} answered HTTP ${resp.status}`);
-  const bytes = new Uint8Array(await resp.arrayBuffer());
-  const got = await sha256Hex(bytes);
-  if (got !== sha256) {
-    throw new Error(`${what} is corrupted: sha256 of ${url} is ${got}, expected ${sha256}`);
-  }
-  return bytes;
-}
-
 let pyodide = null;
 
+// Python (pyboot.js: Pyodide, numpy, our wheels), then onnxruntime-web's worker and the Python side of the bridge.
 async function boot() {
-  const t = {};
   const t0 = performance.now();
-  let mark = t0;
+  const py = await bootPython({ base });
+  pyodide = py.pyodide;
+  const t = py.timings;
+  let mark = performance.now();
   const lap = (name) => { const now = performance.now(); t[name] = Math.round(now - mark); mark = now; };
-
-  const siteResp = await fetch(new URL("site.json", base));
-  if (!siteResp.ok) throw new Error(`site.json is missing (HTTP ${siteResp.status}): run python build.py build`);
-  const site = await siteResp.json();
-
-  // Our wheels (checked against site.json's sha256) and onnxruntime-web's module download while
-  // Pyodide starts; errors surface where they are awaited, in boot order.
-  const wheelBytes = site.wheels.map((w) => fetchVerified(new URL(`wheels/${w.file}`, base), w.sha256, `wheel ${w.file}`));
-  for (const p of wheelBytes) p.catch(() => {});  // handled where awaited below
-
-  // Pyodide core and its packages (numpy, micropip, packaging) from this origin only. Pyodide can
-  // hang on a missing core file, so check they are there first.
-  await Promise.all((site.pyodide_core || []).map(async (f) => {
-    const r = await fetch(new URL(`pyodide/${f}`, base), { method: "HEAD" });
-    if (!r.ok) throw new Error(`Pyodide core file pyodide/${f} is missing (HTTP ${r.status}): rebuild the site`);
-  }));
-  pyodide = await loadPyodide({ indexURL: new URL("pyodide/", base).href, fullStdLib: false });
-  lap("pyodide");
-  const errors = [];
-  await pyodide.loadPackage(site.pyodide_packages, {
-    messageCallback: () => {},
-    errorCallback: (m) => errors.push(m),
-  });
-  for (const name of site.pyodide_packages) {
-    try {
-      pyodide.pyimport(name);
-    } catch (e) {
-      const file = site.pyodide_files[name];
-      throw new Error(`Pyodide package ${name} (${file}) did not load: ${errors.join("; ") || e.message}`);
-    }
-  }
-  lap("numpy");
-
-  // Our wheels: written to the in-memory FS, installed.
-  const paths = [];
-  for (const [i, w] of site.wheels.entries()) {
-    const bytes = await wheelBytes[i];
-    const path = `/tmp/wheels/${w.file}`;
-    pyodide.FS.mkdirTree("/tmp/wheels");
-    pyodide.FS.writeFile(path, bytes);
-    paths.push(path);
-  }
-  const micropip = pyodide.pyimport("micropip");
-  // deps=False: dependencies come from site.json in order (micropip would look in the lock / PyPI).
-  for (const p of paths) await micropip.install.callKwargs(`emfs:${p}`, { deps: false });
-  for (const w of site.wheels) {
-    try {
-      pyodide.pyimport(w.import);
-    } catch (e) {
-      throw new Error(`wheel ${w.file} installed but 'import ${w.import}' failed: ${e.message}`);
-    }
-  }
-  lap("wheel");
 
   // onnxruntime-web (started in its own worker at the very beginning), then the Python side of the bridge.
   try {
