@@ -71,24 +71,8 @@ def dump_json(name: str, data) -> Path:
 
 
 def run_async(coro):
-    """Run a coroutine to completion on a fresh event loop in its own thread.
+    """Run a coroutine to completion from a test, also while Playwright's sync API keeps an event loop
+    running in the main thread (``asyncio.run`` fails there)."""
+    from webformers.platform import run_sync
 
-    Playwright's sync API keeps an event loop running in the main thread once a browser fixture is
-    up, so ``asyncio.run`` there fails; CPython-side async tests use this instead."""
-    import asyncio
-    import threading
-
-    box = {}
-
-    def target():
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return run_sync(coro)

