@@ -1,5 +1,6 @@
-"""``webformers`` command line: ``convert`` (model → quantized ONNX repo), ``report`` (quality table) and
-``manifest`` (an ``onnx/manifest.json`` for a repo exported elsewhere, e.g. an onnx-community one)."""
+"""``webformers`` command line: ``convert`` (model → quantized ONNX repo), ``report`` (quality table),
+``manifest`` (an ``onnx/manifest.json`` for a repo exported elsewhere, e.g. an onnx-community one), ``site``
+(a static site of your models and your app) and ``serve`` (serve it, cross-origin isolated)."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +111,9 @@ def main(argv=None) -> int:
     m.add_argument("--modules", help="comma-separated ONNX modules (default: from config.json: model, or "
                                      "encoder_model,decoder_model_merged for an encoder-decoder)")
     m.set_defaults(func=_manifest)
+    from .site.cli import add_commands
+
+    add_commands(sub)
     a = ap.parse_args(argv)
     return a.func(a)
 
