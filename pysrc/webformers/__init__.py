@@ -9,6 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
+    "configure": "webformers.config",
+    "events": "webformers.config",
     "pipeline": "webformers.pipelines",
     "AutoTokenizer": "webformers.text.tokenizer",
     "AutoModelForCausalLM": "webformers.text.causal_lm",

@@ -20,6 +20,9 @@ class Transfer {
 /** A handler's result whose `transfer` buffers move to the caller instead of being copied. */
 export const withTransfer = (value, transfer) => new Transfer(value, transfer);
 
+/** The value of a handler's result, `withTransfer` or not (for callers that run handlers in-thread). */
+export const transferValue = (r) => (r instanceof Transfer ? r.value : r);
+
 const isRequest = (m) => !!m && typeof m.id === "number" && typeof m.method === "string";
 const isReply = (m) => !!m && typeof m.id === "number" && typeof m.ok === "boolean" && !("method" in m);
 

@@ -1,6 +1,6 @@
-"""Browser (Pyodide) side of the platform layer: the page through ``wfBridge``, downloads with ``fetch``,
-the Cache API as the file store, ``crypto.subtle``. Model bytes stay in JS (``Uint8Array``); the byte
-helpers also take Python bytes."""
+"""Browser (Pyodide) side of the platform layer: events and Stop (``webformers.config``, and the page through
+``wfBridge`` when the host has one), downloads with ``fetch``, the Cache API as the file store,
+``crypto.subtle``. Model bytes stay in JS (``Uint8Array``); the byte helpers also take Python bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +11,7 @@ import js  # type: ignore[import-not-found]
 import numpy as np
 from pyodide.ffi import JsException, JsProxy, to_js  # type: ignore[import-not-found]
 
+from .. import config
 from .errors import QuotaError, RetryableError
 
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
@@ -33,7 +34,9 @@ def _bridge():
 
 
 def emit_page_event(event: dict) -> None:
-    """Send ``event`` to the hosting page through ``wfBridge.emit`` when the host provides one."""
+    """Give ``event`` to the ``webformers.configure(on_event=...)`` callbacks and ``webformers.events()``
+    iterators, and send it to the hosting page through ``wfBridge.emit`` when the host provides one."""
+    config.dispatch_event(event)
     bridge = _bridge()
     emit = getattr(bridge, "emit", None) if bridge is not None else None
     if emit is not None:
@@ -41,14 +44,21 @@ def emit_page_event(event: dict) -> None:
 
 
 def stop_requested() -> bool:
+    """Whether to stop generating: the host's Stop (``wfBridge.isCancelled``) when it has one, else the
+    ``stop`` source given to ``webformers.configure`` (an ``asyncio.Event`` or a callable)."""
     bridge = _bridge()
-    return bool(bridge.isCancelled()) if bridge is not None and hasattr(bridge, "isCancelled") else False
+    if bridge is not None and hasattr(bridge, "isCancelled"):
+        return bool(bridge.isCancelled())
+    return config.stop_is_set()
 
 
 def reset_stop() -> None:
+    """Clear the Stop request: the host's (``wfBridge.resetCancel``), else the configured ``asyncio.Event``."""
     bridge = _bridge()
     if bridge is not None and hasattr(bridge, "resetCancel"):
         bridge.resetCancel()
+    else:
+        config.clear_stop()
 
 
 _DTYPES = {"Float32Array": np.float32, "Float64Array": np.float64, "Int16Array": np.int16,
@@ -349,5 +359,6 @@ async def persist_storage() -> bool:
 
 
 def default_host() -> str:
-    """Where model repos are served when no host is named: the page origin + ``/models``."""
-    return str(js.location.origin) + "/models"
+    """Where model repos are served when no host is named: ``webformers.configure(models=...)``, by default
+    ``models/`` next to the page (or the worker's script)."""
+    return config.models_url()

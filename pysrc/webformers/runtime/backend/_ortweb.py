@@ -1,11 +1,17 @@
-"""Browser backend: onnxruntime-web, in a worker of its own, reached through Pyodide's ``js`` bridge.
+"""Browser backend: onnxruntime-web, in a worker of its own (or in this thread), reached through Pyodide's ``js``.
 
-``web/worker.js`` puts ``wfOrt`` (requests to ``webformers/assets/ort-host.js``, the worker that runs onnxruntime-web)
-and ``wfBridge`` (small helpers) on the Pyodide worker's global scope. Model bytes go to the onnxruntime
-worker without entering Python memory; outputs Python does not fetch (the KV cache) stay there and are
-fed back by reference (:class:`RemoteTensor`), so per run only the small inputs and the fetched outputs
-(the logits) cross, each copied once. Metadata crosses as JSON, which is cheaper than walking JS
-objects attribute by attribute from Python.
+The runtime is the object ``webformers/assets/runtime.js`` makes (``create``, ``run``, ``release``, ...): the
+host's ``js.wfOrt`` when it provides one (the demo's ``web/worker.js`` starts it early, so it loads while
+Pyodide boots), else started here on first use from ``webformers.configure(assets=...)``: the assets are
+checked first (a missing or misconfigured file raises ``webformers.config.AssetsError`` naming the file and
+the URL tried, also sent as an ``error`` event and to the console), then ``runtime.js`` starts
+``ort-host.js`` as a module Worker, or runs onnxruntime-web in this thread where ``Worker`` does not exist
+(or with ``configure(ort_worker=False)``).
+
+Model bytes go to the onnxruntime worker without entering Python memory; outputs Python does not fetch
+(the KV cache) stay there and are fed back by reference (:class:`RemoteTensor`), so per run only the small
+inputs and the fetched outputs (the logits) cross, each copied once. Metadata crosses as JSON, which is
+cheaper than walking JS objects attribute by attribute from Python.
 
 Execution forms: ``create_session(..., form="fp32")`` has the onnxruntime worker rewrite the model bytes
 (``webformers/assets/exec-form.js``) before it creates the session; the session says what was done (``session.form``).
@@ -22,8 +28,9 @@ import json
 
 import js  # type: ignore[import-not-found]
 import numpy as np
-from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
+from pyodide.ffi import JsException, JsProxy, to_js  # type: ignore[import-not-found]
 
+from ... import config
 from ..exec_form import FORMS
 
 backend_name = "onnxruntime-web"
@@ -42,8 +49,106 @@ _FROM_ORT = {"float32": np.float32, "float16": np.uint16, "int64": np.int64, "in
              "uint8": np.uint8, "int8": np.int8, "bool": np.uint8}
 
 
+# ------------------------------------------------------------------------------------ the runtime
+
+_runtime = None   # the runtime.js object once started (or the host's js.wfOrt)
+_starting = None  # the task starting it
+
+
+def _host_runtime():
+    """The host's ``js.wfOrt`` (the demo's worker), or None."""
+    try:
+        host = js.wfOrt
+    except AttributeError:
+        return None
+    return host if isinstance(host, JsProxy) else None
+
+
+async def _check_loader(url: str) -> None:
+    """Raise AssetsError when ``runtime.js`` (the first file needed) is not at ``url``."""
+    try:
+        resp = await js.fetch(url, to_js({"method": "HEAD", "cache": "no-store"}, dict_converter=js.Object.fromEntries))
+    except Exception as e:
+        raise config.AssetsError(f"webformers' browser runtime runtime.js could not be fetched from {url}: {e}; "
+                                 "point webformers.configure(assets=...) at the folder holding runtime.js, "
+                                 "ort-host.js and ort/") from None
+    if not resp.ok:
+        raise config.AssetsError(f"webformers' browser runtime runtime.js is missing: {url} answered HTTP "
+                                 f"{int(resp.status)}; point webformers.configure(assets=...) at the folder "
+                                 "holding runtime.js, ort-host.js and ort/ (a `webformers site` folder has them "
+                                 "in webformers/)")
+
+
+async def _start():
+    global _runtime
+    s = config.settings()
+    assets = s["assets"]
+    opts = {"threads": s["threads"] or 0, "inThread": s["ort_worker"] is False}
+    try:
+        await _check_loader(assets + "runtime.js")
+        from pyodide.code import run_js  # type: ignore[import-not-found]
+        module = await run_js(f"import({json.dumps(assets + 'runtime.js')})")
+        try:
+            rt = await module.startRuntime(assets, to_js(opts, dict_converter=js.Object.fromEntries))
+        except JsException as e:
+            raise config.AssetsError(str(e.message)) from None
+    except config.AssetsError as e:
+        js.console.error(str(e))
+        from ...platform import emit_page_event
+        emit_page_event({"status": "error", "message": str(e)})
+        raise
+    info = rt.info()
+    config._started = {"assets": assets, "threads": s["threads"], "ort_worker": s["ort_worker"],
+                       "mode": str(info.mode), "ort_threads": int(info.threads)}
+    _runtime = rt
+    return rt
+
+
+async def runtime():
+    """The runtime object (started on first use; the host's ``js.wfOrt`` when it has one). Raises
+    ``webformers.config.AssetsError`` when the assets are missing or misconfigured (a later call tries again)."""
+    global _runtime, _starting
+    if _runtime is not None:
+        return _runtime
+    host = _host_runtime()
+    if host is not None:
+        _runtime = host
+        return host
+    if _starting is None:
+        _starting = asyncio.ensure_future(_start())
+    try:
+        return await asyncio.shield(_starting)
+    except BaseException:
+        if _starting is not None and _starting.done():
+            _starting = None
+        raise
+
+
+def _started_runtime():
+    """The runtime for the calls made once a session exists (release, dispose)."""
+    return _runtime if _runtime is not None else _host_runtime()
+
+
+def runtime_info() -> dict | None:
+    """``{"threads", "version", "mode"}`` of the running runtime ("worker" or "in-thread"), None before it starts."""
+    rt = _started_runtime()
+    info = rt.info() if rt is not None else None
+    if not isinstance(info, JsProxy):
+        return None
+    out = info.to_py()
+    return {**out, "mode": out.get("mode", "worker")}
+
+
 async def adapter_info() -> dict:
-    info = await js.wfBridge.adapterInfo()
+    """The WebGPU adapter and WASM threads (``wfBridge.adapterInfo`` when the host has one, else the runtime's)."""
+    try:
+        bridge = js.wfBridge
+    except AttributeError:
+        bridge = None
+    if isinstance(bridge, JsProxy) and hasattr(bridge, "adapterInfo"):
+        info = await bridge.adapterInfo()
+    else:
+        info = await (await runtime()).adapterInfo()
     return info.to_py()
 
 
@@ -59,7 +164,7 @@ def _flush() -> None:
     if _to_free:
         refs = to_js(_to_free[:])
         _to_free.clear()
-        js.wfOrt.release(refs)
+        _started_runtime().release(refs)
 
 
 def _take_frees() -> list[int]:
@@ -157,7 +262,7 @@ class Session:
             arrays.append((arr.view(view) if view is not None else arr).reshape(-1))
         spec = json.dumps({"sid": self._sid, "refs": refs, "arrays": specs,
                            "fetch": None if fetch is None else list(fetch), "free": _take_frees()})
-        res = await js.wfOrt.run(spec, *arrays)
+        res = await (await runtime()).run(spec, *arrays)
         meta = json.loads(res.meta)
         self.last_run_ms = meta["ms"]
         out = {}
@@ -170,7 +275,7 @@ class Session:
 
     def dispose(self) -> None:
         if self._sid is not None:
-            js.wfOrt.dispose(self._sid)
+            _started_runtime().dispose(self._sid)
             self._sid = None
 
 
@@ -186,14 +291,16 @@ def _options(device: str, keep_on_device, form: str = "native") -> dict:
 
 async def create_session(model, *, device: str = "wasm", external_data=None, keep_on_device=(),
                          threads: int | None = None, form: str = "native") -> Session:
-    """``threads`` is fixed for the whole page when the worker boots (``WebformersClient({threads})``)."""
+    """``threads`` is fixed when onnxruntime-web starts (``webformers.configure(threads=)``, or the demo's
+    ``WebformersClient({threads})``); the argument is ignored here."""
     if form not in FORMS:
         raise ValueError(f"unknown execution form {form!r}; choose one of: {', '.join(FORMS)}")
     if not isinstance(model, JsProxy):
         model = to_js(memoryview(model))
     external = [{"path": e["path"], "data": e["data"] if isinstance(e["data"], JsProxy)
                  else to_js(memoryview(e["data"]))} for e in external_data or ()]
-    r = json.loads(await js.wfOrt.create(model, external or None,
+    rt = await runtime()
+    r = json.loads(await rt.create(model, external or None,
                                          json.dumps(_options(device, keep_on_device, form))))
     return Session(r["sid"], r["info"], device, r.get("form"))
 
@@ -202,13 +309,13 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
 
 async def adopt_session(key: str, device: str) -> Session | None:
     """The session the onnxruntime worker created for ``key`` during boot, if any."""
-    r = json.loads(await js.wfOrt.adopt(key))
+    r = json.loads(await (await runtime()).adopt(key))
     return None if r is None else Session(r["sid"], r["info"], device, r.get("form"), r.get("choice"))
 
 
 async def drop_warm_sessions() -> None:
     """Dispose of warm-started sessions nobody adopted (the page loaded something else)."""
-    await js.wfOrt.dropWarm()
+    await (await runtime()).dropWarm()
 
 
 async def remember_warm_start(model: str, module: str, entry: dict) -> None:
@@ -217,4 +324,4 @@ async def remember_warm_start(model: str, module: str, entry: dict) -> None:
     model first), "device", "keep", "form", "choice" (the form choice, handed back on adoption)}."""
     plan = {"key": entry["key"], "cache": entry["cache"], "files": entry["files"],
             "options": _options(entry["device"], entry["keep"], entry["form"]), "choice": entry["choice"]}
-    await js.wfOrt.remember(model, module, json.dumps(plan))
+    await (await runtime()).remember(model, module, json.dumps(plan))
