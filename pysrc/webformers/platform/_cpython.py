@@ -28,16 +28,22 @@ _HASH_IN_THREAD = 8 << 20
 # --------------------------------------------------------------------------------------- page
 
 def emit_page_event(event: dict) -> None:
-    """Send ``event`` to the hosting page (none on CPython)."""
+    """Give ``event`` to the ``webformers.configure(on_event=...)`` callbacks and ``webformers.events()``
+    iterators (there is no hosting page on CPython)."""
+    from .. import config
+    config.dispatch_event(event)
 
 
 def stop_requested() -> bool:
-    """Whether the hosting page asked to stop generating (never on CPython)."""
-    return False
+    """Whether the ``stop`` source given to ``webformers.configure`` asks to stop (False without one)."""
+    from .. import config
+    return config.stop_is_set()
 
 
 def reset_stop() -> None:
-    """Clear the page's Stop request."""
+    """Clear the configured ``stop`` when it is an ``asyncio.Event``."""
+    from .. import config
+    config.clear_stop()
 
 
 def js_array(x):
