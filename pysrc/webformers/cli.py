@@ -13,6 +13,7 @@ def _convert(a) -> int:
     dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     try:
         res = convert(a.src, a.out, dtypes=dtypes, external_data=a.external_data, report=not a.no_report,
+                      calibrate=not a.no_calibrate, qat_steps=a.qat, budget=a.budget,
                       log=(lambda *_: None) if a.quiet else (lambda m: print(m, file=sys.stderr)))
     except (ConvertError, ValueError) as e:
         print(f"webformers convert: error: {e}", file=sys.stderr)
@@ -89,7 +90,7 @@ def _manifest(a) -> int:
 
 
 def main(argv=None) -> int:
-    from .toolchain.quantize import SUPPORTED
+    from .toolchain.convert import DECODER_DTYPES as SUPPORTED
 
     ap = argparse.ArgumentParser(prog="webformers", description="webformers desktop toolchain")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -99,6 +100,12 @@ def main(argv=None) -> int:
     c.add_argument("--dtypes", default=",".join(SUPPORTED), help=f"comma-separated (default: all: {','.join(SUPPORTED)})")
     c.add_argument("--external-data", action="store_true", help="store weights in onnx/model{suffix}.onnx_data")
     c.add_argument("--no-report", action="store_true", help="skip the quality evaluation and chart")
+    c.add_argument("--no-calibrate", action="store_true",
+                   help="low-bit variants (q2, q1, ...) by plain rounding instead of GPTQ calibration")
+    c.add_argument("--qat", type=int, default=0, metavar="STEPS",
+                   help="quantization-aware training steps for the q2 / q1 variants (default 0: none)")
+    c.add_argument("--budget", type=float, default=None, metavar="F",
+                   help="also build qmix: bits per layer chosen so the file is <= F x the fp32 bytes (e.g. 0.12)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_convert)
     r = sub.add_parser("report", help="print a repo's quantization_report.json as a table")

@@ -73,6 +73,8 @@ DTYPES: dict[str, DType] = {d.name: d for d in [
           fp32_form_bytes=8),
     DType("q1", "_q1", 1, "1-bit packed weights", ops=("MatMulNBits",)),
     DType("q1f16", "_q1f16", 1, "1-bit packed weights, fp16 activations", _F16, "q1", ops=("MatMulNBits",)),
+    DType("qmix", "_qmix", 2, "bits per layer (1/2/4/8) chosen under a byte budget (MatMulNBits)",
+          ops=("MatMulNBits",)),
 ]}
 
 #: dtypes whose matmuls have no WebGPU kernel (they run on the CPU inside a WebGPU session).

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from ..dtypes import onnx_file
 from ..store.manifest import write_manifest
-from .quantize import SUPPORTED, check_dtypes
+from .lowbit.build import BUDGET_DTYPE, LOWBIT_DTYPES, LowbitOptions
+from .quantize import SUPPORTED
+
+#: the dtypes ``convert`` builds for a decoder, in build order (``qmix`` needs a ``budget``)
+DECODER_DTYPES = SUPPORTED + ("q2f16", "q1", "q1f16")
+#: how each non-low-bit variant is made (the report's ``method``; the low-bit ones: :mod:`.lowbit.build`)
+METHODS = {"fp32": "-", "fp16": "-", "q8": "rtn", "int8": "rtn", "uint8": "rtn", "q4": "rtn", "q4f16": "rtn",
+           "bnb4": "rtn"}
 
 #: model_type (config.json) → the transformers class the exporter handles.
 SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
@@ -157,12 +164,45 @@ def _tokenizer_class(path: Path) -> str:
     return "PreTrainedTokenizerFast"
 
 
-def convert(src, out, *, dtypes=SUPPORTED, external_data: bool = False, report: bool = True,
-            eval_budget: dict | None = None, log=print) -> dict:
-    """Convert ``src`` into the repo ``out``; returns a summary dict (files, timings, report)."""
+def check_dtypes(names, budget=None) -> list[str]:
+    """``names`` without repeats, after checking each is a registry dtype ``convert`` builds (``qmix`` only
+    with a ``budget``); a ``budget`` adds ``qmix`` when it is not named."""
+    from ..dtypes import get_dtype
+
+    out = []
+    for n in names:
+        get_dtype(n)  # unknown names: ValueError listing the registry
+        if n not in DECODER_DTYPES + (BUDGET_DTYPE,):
+            raise ValueError(f"the toolchain cannot build dtype {n!r}; it builds: {', '.join(DECODER_DTYPES)}, "
+                             f"{BUDGET_DTYPE} (with --budget)")
+        if n not in out:
+            out.append(n)
+    if BUDGET_DTYPE in out and budget is None:
+        raise ValueError(f"dtype {BUDGET_DTYPE!r} is the per-layer bit budget: pass --budget F (bytes relative "
+                         "to fp32, e.g. 0.12)")
+    if budget is not None and BUDGET_DTYPE not in out:
+        out.append(BUDGET_DTYPE)
+    return out
+
+
+def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, report: bool = True,
+            eval_budget: dict | None = None, calibrate: bool = True, qat_steps: int = 0,
+            budget: float | None = None, lowbit: LowbitOptions | None = None, log=print) -> dict:
+    """Convert ``src`` into the repo ``out``; returns a summary dict (files, timings, report).
+
+    Low-bit variants (q2 / q2f16 / q1 / q1f16) are calibrated by GPTQ unless ``calibrate`` is False (plain
+    rounding); ``qat_steps`` > 0 adds quantization-aware training; ``budget`` (bytes relative to fp32, e.g.
+    0.12) adds the per-layer bit budget variant ``qmix``. ``lowbit`` sets every knob at once
+    (:class:`.lowbit.build.LowbitOptions`; it overrides the three)."""
     import onnx
 
-    dtypes = check_dtypes(list(dtypes))
+    if lowbit is None:
+        lowbit = LowbitOptions(calibrate=calibrate, qat_steps=int(qat_steps), budget=budget)
+    if lowbit.qat_steps < 0:
+        raise ConvertError(f"--qat STEPS must be >= 0, got {lowbit.qat_steps}")
+    if lowbit.budget is not None and not 0 < lowbit.budget < 1:
+        raise ConvertError(f"--budget F is the bytes relative to fp32, in (0, 1) (e.g. 0.12); got {lowbit.budget}")
+    dtypes = check_dtypes(list(dtypes), lowbit.budget)
     if "fp32" not in dtypes and report:
         raise ConvertError("the quality report compares against fp32: include fp32 in --dtypes or use --no-report")
     out = Path(out).resolve()
@@ -185,13 +225,20 @@ def convert(src, out, *, dtypes=SUPPORTED, external_data: bool = False, report: 
         timings["export"] = time.monotonic() - t
         log(f"exported fp32 in {timings['export']:.1f} s")
         fp32 = onnx.load(str(fp32_path), load_external_data=True)
+        from .lowbit.build import LowbitBuilder
+
+        fp32_bytes = sum(f.stat().st_size for f in fp32_path.parent.glob(fp32_path.name + "*"))
+        low = LowbitBuilder(model, tok, fp32, fp32_bytes, lowbit, log=log)
         for d in dtypes:
             if d == "fp32":
                 continue
             t = time.monotonic()
-            save_model(make_variant(fp32, d), tmp / onnx_file(MODULE, d), external_data=external_data)
+            m = low.variant(d) if d in LOWBIT_DTYPES else make_variant(fp32, d)
+            save_model(m, tmp / onnx_file(MODULE, d), external_data=external_data)
+            del m
             timings[f"quantize_{d}"] = time.monotonic() - t
-            log(f"built {d} in {timings[f'quantize_{d}']:.1f} s")
+            log(f"built {d} in {timings[f'quantize_{d}']:.1f} s"
+                + (f" ({low.info[d]['method']})" if d in low.info else ""))
         if "fp32" not in dtypes:
             for f in fp32_path.parent.glob(fp32_path.name + "*"):
                 f.unlink()
@@ -206,6 +253,9 @@ def convert(src, out, *, dtypes=SUPPORTED, external_data: bool = False, report: 
             rep = evaluate_repo(tmp, dtypes, **(eval_budget or {}), log=log)
             timings["evaluate"] = time.monotonic() - t
             rep["timings"] = {k: round(v, 2) for k, v in timings.items()}
+            for d, row in rep["modules"][MODULE].items():
+                row["method"] = low.info[d]["method"] if d in low.info else METHODS.get(d, "-")
+            rep["lowbit"] = {"options": lowbit.key(), "variants": low.info}
             (tmp / "quantization_report.json").write_text(json.dumps(rep, indent=1))
             write_chart(rep, tmp / "quantization_chart.png")
         if out.exists():

