@@ -9,7 +9,8 @@
 // [1] streamed pieces the page handled). To the page: {type: "event", event}, the progress / warning /
 // stream events from Python.
 //
-// Query string: ?threads=N (onnxruntime-web's WASM threads), ?warm=<model id> (warm start), and
+// Query string: ?threads=N (onnxruntime-web's WASM threads), ?warm=<model id> (warm start), ?snapshot=0 (no
+// Python memory snapshot, see webformers/pyboot.js), and
 // ?hooks=<module> (same origin): a module whose `installWorkerHooks({server, ort, pyodide})` runs once
 // Pyodide has booted, before ready() answers (`server`: this worker's RPC server, `ort`: the RpcCaller
 // of onnxruntime's worker) and whose `installOrtHooks` runs in onnxruntime's worker (see webformers/ort-core.js).
@@ -51,9 +52,15 @@ let pyodide = null;
 // Python (pyboot.js: Pyodide, numpy, our wheels), then onnxruntime-web's worker and the Python side of the bridge.
 async function boot() {
   const t0 = performance.now();
-  const py = await bootPython({ base });
+  // ?snapshot=0: no memory snapshot (always a fresh Python boot, none made for the next visit)
+  const py = await bootPython({ base, snapshot: params.get("snapshot") !== "0" });
   pyodide = py.pyodide;
   const t = py.timings;
+  if (py.snapshotMade) {
+    py.snapshotMade.then(
+      (r) => self.postMessage({ type: "event", event: { status: "python-snapshot", bytes: r.bytes, timings: r.timings } }),
+      (e) => self.postMessage({ type: "event", event: { status: "warning", message: String(e && e.message || e) } }));
+  }
   let mark = performance.now();
   const lap = (name) => { const now = performance.now(); t[name] = Math.round(now - mark); mark = now; };
 
