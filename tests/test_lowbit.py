@@ -154,11 +154,22 @@ def test_calibrated_q2_file_beats_plain_rounding(tiny, tmp_path):
 
 
 def test_one_pass_hessians_cover_every_linear(tiny):
-    model, _, _, _, calib = tiny
+    model, fp32, path, held, calib = tiny
     hs = collect_hessians(model, ids=calib)
     assert len(hs) == 14
     h = hs["model.layers.1.mlp.down_proj"]
     assert h.shape == (128, 128) and np.allclose(h, h.T) and np.linalg.eigvalsh(h).min() > -1e-9
+    # one-pass GPTQ on these Hessians: each Linear quantized alone against H, still better than rounding
+    w = gptq_model(model, 2, hessians=hs)
+    mods = dict(model.named_modules())
+    n = "model.layers.1.mlp.down_proj"
+    alone = gptq.gptq_quantize(mods[n].weight.detach().numpy().T, h, 2)
+    assert np.array_equal(w[n].codes, alone.codes)
+    mp = mapping.linear_initializers(model, fp32)
+    one_pass = compare_onnx(path, variant.lowbit_variant(fp32, "q2", variant.by_initializer(w, mp)), held)
+    assert one_pass["kl"] < compare_onnx(path, make_variant(fp32, "q2"), held)["kl"]
+    with pytest.raises(ValueError, match="no calibration Hessian for model.layers.0"):
+        gptq_model(model, 2, hessians={n: h})
 
 
 def test_qat_q2_beats_rounding_deterministic_resumable(tiny, tmp_path):
