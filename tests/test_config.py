@@ -89,3 +89,50 @@ def test_stop_source_drives_stop_requested_and_cancel():
 
     before, after, still_set, callable_stop = run_async(main())
     assert before is False and after == (True, "cancelled") and still_set is False and callable_stop is True
+
+
+def _tiny_tokenizer():
+    import json
+
+    from helpers import SITE
+    from webformers.text.tokenizer import Tokenizer
+    repo = SITE / "models" / "webformers" / "tiny-random-llama"
+    if not (repo / "tokenizer.json").exists():
+        pytest.fail(f"{repo} is not built: run `python3 build.py build`")
+    return Tokenizer.from_json((repo / "tokenizer.json").read_text(),
+                               json.loads((repo / "tokenizer_config.json").read_text()))
+
+
+def test_event_streamer_and_async_callback():
+    from webformers import EventStreamer, TextStreamer
+
+    tok = _tiny_tokenizer()
+    ids = tok.encode(" the little dog ran home", add_special_tokens=False)
+
+    async def main():
+        stream = config.events(statuses={"token"}, until={"stream-end"})
+        s = EventStreamer(tok, extra={"name": "tiny"})
+        s.put([[1, 2]])  # the prompt: skipped
+        for t in ids:
+            s.put(t)
+        s.end()
+        events = [e async for e in stream]
+        got = []
+
+        async def cb(text):
+            got.append(text)
+
+        ts = TextStreamer(tok, skip_prompt=True, callback_function=cb)
+        ts.put([[1]])
+        for t in ids:
+            ts.put(t)
+        ts.end()
+        await asyncio.sleep(0)
+        return events, got, ts.text
+
+    events, got, text = run_async(main())
+    want = tok.decode(ids, skip_special_tokens=True)
+    assert events[-1] == {"name": "tiny", "status": "stream-end", "text": want}
+    assert all(e["status"] == "token" and e["name"] == "tiny" for e in events[:-1]) and len(events) >= 3
+    assert "".join(e["text"] for e in events[:-1]) == want
+    assert "".join(got) == text == want

@@ -155,16 +155,21 @@ def test_plain_pyodide_generates_like_onnxruntime(browser, plain_server, mode):
         s.context.close()
 
 
-def test_plain_pyodide_in_thread_and_stop(browser, plain_server):
-    """configure(ort_worker=False): onnxruntime-web in the page's thread; an asyncio.Event stops
-    generation (per call, and as the configured stop source platform.stop_requested asks)."""
+@pytest.mark.parametrize("why", ["configured", "no-worker"])
+def test_plain_pyodide_in_thread_and_stop(browser, plain_server, why):
+    """onnxruntime-web in the page's thread, asked for (configure(ort_worker=False)) or because ``Worker``
+    does not exist; an asyncio.Event stops generation (per call, and as the configured stop source
+    platform.stop_requested asks)."""
     from webformers.toolchain import reference_greedy
 
     prompt = _prompt()
     ref = [int(t) for t in reference_greedy(SITE / "models" / MODEL, "fp32", prompt, N_NEW)][-N_NEW:]
     s = Session(browser, plain_server, "main")
     try:
-        res = json.loads(s.run(_generate(prompt, ["wasm"], ort_worker=False) + f"""
+        if why == "no-worker":
+            s.page.evaluate("delete globalThis.Worker")
+        res = json.loads(s.run(_generate(prompt, ["wasm"], **({"ort_worker": False} if why == "configured" else {}))
+                               + f"""
 from webformers import platform
 model = await AutoModelForCausalLM.from_pretrained({MODEL!r}, dtype="fp32", device="wasm")
 ev = asyncio.Event()
@@ -193,6 +198,8 @@ json.dumps({{**json.loads(payload), "new": len(out[0]) - {len(prompt)}, "at_stop
             "before": before, "after": after, "new2": len(out2[0]) - {len(prompt)}, "cleared": not ev2.is_set()}})
 """))
         assert res["info"]["mode"] == "in-thread"
+        if why == "no-worker":
+            assert res["info"]["threads"] == 1  # no Worker: no WASM threads either
         assert res["result"]["wasm"]["tokens"][len(prompt):] == ref
         assert res["reason"] == "cancelled" and res["at_stop"] <= res["new"] <= res["at_stop"] + 1
         assert (res["before"], res["after"]) == (False, True) and res["new2"] <= 1 and res["cleared"]

@@ -17,6 +17,7 @@ _LAZY = {
     "GenerationConfig": "webformers.generation",
     "TextStreamer": "webformers.generation",
     "TextIteratorStreamer": "webformers.generation",
+    "EventStreamer": "webformers.generation.streamers",
     "ModelRepo": "webformers.store.repo",
     "DTYPES": "webformers.dtypes",
 }

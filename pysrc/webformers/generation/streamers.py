@@ -5,8 +5,12 @@
 over several byte-level tokens is only emitted once complete (never broken UTF-8, no U+FFFD).
 
 - ``TextStreamer(tokenizer, skip_prompt=False, callback_function=None)``: each finalized piece of
-  text goes to ``callback_function(text)`` (printed to stdout when there is none);
-- ``TextIteratorStreamer(tokenizer, skip_prompt=True)``: ``async for text in streamer``.
+  text goes to ``callback_function(text)`` (printed to stdout when there is none; a coroutine function's
+  result is scheduled on the running event loop);
+- ``TextIteratorStreamer(tokenizer, skip_prompt=True)``: ``async for text in streamer``;
+- ``EventStreamer(tokenizer, skip_prompt=True)``: each piece as a ``{"status": "token", "text"}`` event and
+  ``{"status": "stream-end", "text": everything}`` at the end, to ``webformers.configure(on_event=)``
+  callbacks, ``webformers.events()`` iterators and the hosting page (``platform.emit_page_event``).
 
 When generation has stop strings, the streamer holds back text that could be the start of one and
 never emits a stop string or anything after it.
@@ -14,12 +18,14 @@ never emits a stop string or anything after it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 
 from ..text.tokenizer.stream import TokenStreamDecoder
 from .stopping import StopStrings
 
-__all__ = ["BaseStreamer", "TextStreamer", "TextIteratorStreamer", "StreamerList", "generation_streamers"]
+__all__ = ["BaseStreamer", "TextStreamer", "TextIteratorStreamer", "EventStreamer", "StreamerList",
+           "generation_streamers"]
 
 
 def _ids_of(value) -> list[int]:
@@ -126,7 +132,9 @@ class TextStreamer(BaseStreamer):
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if self.callback_function is not None:
             if text:
-                self.callback_function(text)
+                r = self.callback_function(text)
+                if inspect.isawaitable(r):
+                    asyncio.ensure_future(r)
             return
         print(text, flush=True, end="" if not stream_end else "\n", file=sys.stdout)
 
@@ -162,6 +170,26 @@ class TextIteratorStreamer(TextStreamer):
         if item is self._done:
             raise StopAsyncIteration
         return item
+
+
+class EventStreamer(TextStreamer):
+    """Streamed text as events: ``{"status": "token", "text": piece}`` per piece and ``{"status":
+    "stream-end", "text": all of it}`` at the end, given to ``platform.emit_page_event`` (the
+    ``webformers.configure(on_event=)`` callbacks, ``webformers.events()`` iterators and the hosting page's
+    ``wfBridge.emit`` when there is one). ``extra`` keys are added to every event (e.g. ``{"name": ...}``)."""
+
+    def __init__(self, tokenizer, skip_prompt: bool = True, skip_special_tokens: bool = True,
+                 stop_strings=None, extra: dict | None = None):
+        super().__init__(tokenizer, skip_prompt=skip_prompt, skip_special_tokens=skip_special_tokens,
+                         stop_strings=stop_strings)
+        self.extra = dict(extra or {})
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        from ..platform import emit_page_event
+        if text:
+            emit_page_event({**self.extra, "status": "token", "text": text})
+        if stream_end:
+            emit_page_event({**self.extra, "status": "stream-end", "text": self.text})
 
 
 class StreamerList(list):
