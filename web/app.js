@@ -11,7 +11,9 @@ import { AsrView } from "./ui/asr.js";
 // Warm start: the sessions of the model this browser loaded last are created while Pyodide boots.
 const LAST_MODEL_KEY = "webformers:last-model";
 const lastModel = (() => { try { return localStorage.getItem(LAST_MODEL_KEY); } catch (e) { return null; } })();
-const client = new WebformersClient(lastModel ? { warmStart: lastModel } : {});
+// ?snapshot=0: a fresh Python boot, no memory snapshot
+const client = new WebformersClient({ ...(lastModel ? { warmStart: lastModel } : {}),
+                                      snapshot: new URLSearchParams(location.search).get("snapshot") !== "0" });
 window.wf = client;  // the test harness and the console drive Python through this
 
 const chatCall = (fn, args = [], kwargs = {}) => callPage(client, "chat", fn, args, kwargs);
@@ -67,10 +69,16 @@ function reportPyError(what, e) {
 client.addEventListener("boot", async (ev) => {
   const t = ev.detail;
   $("boot-status").dataset.state = "ready";
+  const how = t.path === "snapshot" ? "Python restored from its snapshot" : "fresh Python boot";
   $("boot-status").textContent = `Ready: Pyodide ${t.pyodide_version}, onnxruntime-web ${t.ort_version}, ` +
-    `booted in ${(t.total / 1000).toFixed(1)} s.`;
-  $("boot-timings").querySelector("tbody").replaceChildren(...["pyodide", "numpy", "wheel", "ort", "total"].map(
-    (k) => el("tr", {}, el("th", { scope: "row" }, k), el("td", { className: "num" }, t[k]))));
+    `booted in ${(t.total / 1000).toFixed(1)} s (${how}).`;
+  // the steps, then the details of the Python boot that ran (see webformers/pyboot.js)
+  const rows = ["pyodide", "numpy", "wheel", "ort", "total", "snapshot_check", "numpy_load", "numpy_import",
+                "snapshot_failed"].filter((k) => t[k] !== undefined);
+  $("boot-timings").querySelector("tbody").replaceChildren(
+    ...rows.map((k) => el("tr", {}, el("th", { scope: "row" }, k), el("td", { className: "num" }, t[k]))),
+    el("tr", {}, el("th", { scope: "row" }, "path"), el("td", {}, t.path || "fresh")));
+  for (const w of t.warnings || []) showWarning(w);  // e.g. a stale snapshot, evicted
   $("boot-details").hidden = false;
   try {
     state.env = await browserCall("environment");
@@ -84,6 +92,13 @@ client.addEventListener("boot", async (ev) => {
   asr.onBoot();
   await modelsListed;
   await refreshModelInfo();
+});
+
+// after a fresh boot: the snapshot the next visit restores
+client.addEventListener("wf-event", (ev) => {
+  if (!ev.detail || ev.detail.status !== "python-snapshot") return;
+  $("boot-details").append(el("p", { className: "muted" },
+    `Python snapshot saved for the next visit (${(ev.detail.bytes / 1e6).toFixed(1)} MB).`));
 });
 
 client.addEventListener("boot-error", (ev) => {

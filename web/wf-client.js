@@ -10,11 +10,13 @@
 //   `installWorkerHooks({server, ort})` in the Python worker, its `installOrtHooks({server, ort})` in
 //   onnxruntime's (see worker.js); they may register RPC methods, which `call(method, args)` reaches.
 //   The benchmark's probes (bench/probe.js) are such a module.
+// - `snapshot`: false boots Python fresh every time (default true: from the memory snapshot a previous
+//   visit left in the Cache API, see webformers/pyboot.js).
 import { RpcCaller } from "./webformers/rpc.js";
 
 export class WebformersClient extends EventTarget {
   constructor({ workerUrl = new URL("./worker.js", import.meta.url), threads = null, warmStart = null,
-                hooks = null } = {}) {
+                hooks = null, snapshot = true } = {}) {
     super();
     workerUrl = new URL(workerUrl);
     if (threads !== null) {
@@ -30,6 +32,7 @@ export class WebformersClient extends EventTarget {
       if (url.origin !== self.location.origin) throw new Error(`hooks must be a module on this origin, got ${hooks}`);
       workerUrl.searchParams.set("hooks", url.href);
     }
+    if (snapshot === false) workerUrl.searchParams.set("snapshot", "0");
     this.events = [];
     this.timings = null;
     this.bootError = null;
