@@ -70,6 +70,16 @@ def plain_root(tmp_path_factory, site_dir):
         if p.is_file() and p.name != "ort-wasm-simd-threaded.asyncify.wasm":
             (broken / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(p, broken / rel)
+    # misconf/: the wasm's URL answers with a page (a folder holding index.html: an HTML fallback)
+    misconf = root / "misconf"
+    for p in (site_dir / "webformers").rglob("*"):
+        rel = p.relative_to(site_dir / "webformers")
+        if p.is_file() and p.name != "ort-wasm-simd-threaded.asyncify.wasm":
+            (misconf / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(p, misconf / rel)
+    fallback = misconf / "ort" / "ort-wasm-simd-threaded.asyncify.wasm"
+    fallback.mkdir()
+    (fallback / "index.html").write_text("<!doctype html><p>not found</p>")
     return root
 
 
@@ -210,8 +220,8 @@ json.dumps({{**json.loads(payload), "new": len(out[0]) - {len(prompt)}, "at_stop
 
 @pytest.mark.parametrize("mode", ["main", "worker"])
 def test_plain_pyodide_missing_assets_are_named(browser, plain_server, mode):
-    """A wrong assets URL, then assets without onnxruntime-web's wasm: one error naming the file and the URL
-    tried, raised in Python and shown by the page (its console, the error event)."""
+    """A wrong assets URL, assets without onnxruntime-web's wasm, a wasm URL answering with a page: one error
+    naming the file and the URL tried, raised in Python and shown by the page (its console, the error event)."""
     s = Session(browser, plain_server, mode)
     base = plain_server.url
     try:
@@ -235,6 +245,11 @@ await AutoModelForCausalLM.from_pretrained("webformers/tiny-random-llama", dtype
         assert f"{wasm} is missing: {base}/broken/{wasm} answered HTTP 404" in missing, missing
         assert "AssetsError" in missing
         assert any(wasm in line and "error" in line for line in s.console), s.console
+        html = s.run_error("""
+webformers.configure(assets="misconf/")
+await AutoModelForCausalLM.from_pretrained("webformers/tiny-random-llama", dtype="fp32", device="wasm")
+""")
+        assert f"{wasm} is misconfigured: {base}/misconf/{wasm} is served as" in html and "text/html" in html, html
         assert not origin_violations(s), origin_violations(s)
     finally:
         s.context.close()

@@ -21,7 +21,8 @@ export const RUNTIME_FILES = [
   "runtime.js", "ort-host.js", "ort-core.js", "rpc.js", "sha256.js", "exec-form.js",
   "ort/ort.webgpu.min.mjs", "ort/ort-wasm-simd-threaded.asyncify.mjs", "ort/ort-wasm-simd-threaded.asyncify.wasm",
 ];
-const CONTENT_TYPES = { ".js": /javascript/, ".mjs": /javascript/, ".wasm": /^application\/wasm/ };
+// module scripts need a JavaScript type; a .wasm only must not be a page (an HTML fallback answer)
+const CONTENT_TYPES = { ".js": /javascript/, ".mjs": /javascript/, ".wasm": /^(?!text\/html)/ };
 
 const baseOf = (assetsUrl) => {
   const href = new URL(String(assetsUrl), self.location.href).href;
@@ -49,7 +50,7 @@ export async function checkAssets(assetsUrl) {
     const type = resp.headers.get("content-type") || "";
     if (!CONTENT_TYPES[ext].test(type)) {
       problems.push(`${file} is misconfigured: ${url} is served as ${JSON.stringify(type)}, ` +
-                    `expected ${ext === ".wasm" ? "application/wasm" : "a JavaScript type"}`);
+                    `expected ${ext === ".wasm" ? "application/wasm, not a page" : "a JavaScript type"}`);
     }
   }));
   if (problems.length) {

@@ -77,6 +77,12 @@ async def _check_loader(url: str) -> None:
                                  f"{int(resp.status)}; point webformers.configure(assets=...) at the folder "
                                  "holding runtime.js, ort-host.js and ort/ (a `webformers site` folder has them "
                                  "in webformers/)")
+    ctype = str(resp.headers.get("content-type") or "")
+    if "javascript" not in ctype:
+        raise config.AssetsError(f"webformers' browser runtime runtime.js is misconfigured: {url} is served as "
+                                 f"{ctype!r}, expected a JavaScript type (text/javascript); point "
+                                 "webformers.configure(assets=...) at the folder holding runtime.js, ort-host.js "
+                                 "and ort/")
 
 
 async def _start():
