@@ -195,6 +195,9 @@ def fit_grid(w: np.ndarray, bits: int, block: int | None = None, h: np.ndarray |
         d = np.where(d > 0, d, np.abs(w).max() or 1.0)
         return Grid.stored(1, block, k, d, None)
     qmax = (1 << bits) - 1
+    if k % block == 0:
+        d, z = _search_full_blocks(w.reshape(n, k // block, block), h.reshape(1, k // block, block), qmax, search)
+        return Grid.stored(bits, block, k, d, z)
     lo0 = np.minimum.reduceat(w, starts, axis=1)
     hi0 = np.maximum.reduceat(w, starts, axis=1)
     mid, half = (lo0 + hi0) / 2, np.maximum((hi0 - lo0) / 2, 1e-12)
@@ -219,6 +222,42 @@ def fit_grid(w: np.ndarray, bits: int, block: int | None = None, h: np.ndarray |
                 best_z = np.where(better, zz, best_z)
                 best_e = np.where(better, e, best_e)
     return Grid.stored(bits, block, k, best_d, best_z)
+
+
+def _search_full_blocks(w3, h3, qmax, search):
+    """:func:`fit_grid`'s clipping search when every block is full: ``w3`` [N, nb, block], ``h3`` [1, nb, block];
+    the same candidates and choice, on block-shaped arrays (no per-column gathers). Returns (d, z) [N, nb]."""
+    lo0, hi0 = w3.min(-1), w3.max(-1)
+    mid, half = (lo0 + hi0) / 2, np.maximum((hi0 - lo0) / 2, 1e-12)
+    hw = np.broadcast_to(h3, w3.shape)
+    s = hw.sum(-1)
+    best_d = best_z = best_e = None
+    for shrink in ((1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5) if search else (1.0,)):
+        d = 2 * half * shrink / qmax
+        z = -(mid - half * shrink) / d
+        cands = [(d, z)]
+        if search:
+            c = np.clip(np.round(w3 / d[..., None] + z[..., None]), 0, qmax)
+            hc = hw * c
+            sc, scc = hc.sum(-1), (hc * c).sum(-1)
+            sw, swc = (hw * w3).sum(-1), (hc * w3).sum(-1)
+            den = s * scc - sc * sc
+            ok = den > 1e-12 * np.maximum(s * scc, 1e-30)
+            a = np.where(ok, (s * swc - sc * sw) / np.where(ok, den, 1.0), 0.0)
+            b = (sw - a * sc) / np.maximum(s, 1e-30)
+            ok &= a > 0
+            cands.append((np.where(ok, a, d), np.where(ok, -b / np.where(ok, a, 1.0), z)))
+        for dd, zz in cands:
+            v = (np.clip(np.round(w3 / dd[..., None] + zz[..., None]), 0, qmax) - zz[..., None]) * dd[..., None]
+            e = (hw * (w3 - v) ** 2).sum(-1)
+            if best_e is None:
+                best_d, best_z, best_e = dd.copy(), zz.copy(), e
+            else:
+                better = e < best_e
+                best_d = np.where(better, dd, best_d)
+                best_z = np.where(better, zz, best_z)
+                best_e = np.where(better, e, best_e)
+    return best_d, best_z
 
 
 def rtn(w_kn: np.ndarray, bits: int, block: int | None = None, h: np.ndarray | None = None,
