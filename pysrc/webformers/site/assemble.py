@@ -90,6 +90,10 @@ def _write(out: Path, plan: _Plan, hasher, log) -> dict:
         if p.is_file():
             p.unlink()
             removed += 1
+        for d in p.parents:  # folders left empty go too
+            if d == out or not d.is_dir() or any(d.iterdir()):
+                break
+            d.rmdir()
     tmp = stamp_path.with_name(f".{STAMP}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"format": "webformers-site-stamp/1", "files": new}, indent=0))
     os.replace(tmp, stamp_path)

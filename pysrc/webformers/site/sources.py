@@ -225,9 +225,11 @@ class Sources:
     def pyodide_wheels(self, lock: dict, packages=None) -> dict[str, Path]:
         """The official wheels of ``packages`` (default PYODIDE_PACKAGES) and their dependencies
         ({package: path}), each checked against ``lock`` (Pyodide's pyodide-lock.json)."""
+        canon = {k.lower().replace("_", "-"): k for k in lock["packages"]}  # the lock names deps loosely
         want, todo = [], list(packages or PYODIDE_PACKAGES)
         while todo:
             n = todo.pop(0)
+            n = canon.get(n.lower().replace("_", "-"), n)
             if n not in want:
                 want.append(n)
                 todo += lock["packages"][n].get("depends", [])

@@ -2,7 +2,8 @@
 
 Runs in Pyodide on the page's main thread (site-loader.js runs it once webformers is installed). It
 builds its controls in ``<main id="app">``: a model and dtype choice, a prompt, Send and Stop; the reply
-streams in as it is generated. The models come from the site's ``models/index.json``.
+streams in as it is generated. The models come from the site's ``models/index.json``. Page options in
+the query string: ``?device=wasm|webgpu|auto`` (default auto) and ``?max_new_tokens=N`` (default 128).
 """
 import asyncio
 import json
@@ -15,6 +16,9 @@ import webformers
 
 doc = js.document
 root = doc.getElementById("app")
+params = js.URLSearchParams.new(js.location.search)
+DEVICE = params.get("device") or "auto"
+MAX_NEW_TOKENS = int(params.get("max_new_tokens") or 128)
 
 
 def el(tag, parent=None, text=None, **attrs):
@@ -74,14 +78,14 @@ else:
             if key not in pipes:
                 info.textContent = f"Loading {key[0]} ({key[1]})…"
                 pipes[key] = await webformers.pipeline("text-generation", key[0], dtype=key[1],
-                                                       progress_callback=progress)
+                                                       device=DEVICE, progress_callback=progress)
             pipe = pipes[key]
             chat = [{"role": "user", "content": prompt_box.value}]
             prompt = chat if getattr(pipe.tokenizer, "chat_template", None) else prompt_box.value
             streamer = webformers.TextStreamer(pipe.tokenizer, skip_prompt=True,
                                                callback_function=lambda text: reply.append(text))
             info.textContent = "Generating…"
-            out = await pipe(prompt, max_new_tokens=128, streamer=streamer, cancel=cancel,
+            out = await pipe(prompt, max_new_tokens=MAX_NEW_TOKENS, streamer=streamer, cancel=cancel,
                              return_full_text=isinstance(prompt, list))
             text = out[0]["generated_text"]
             reply.textContent = text[-1]["content"] if isinstance(text, list) else text
