@@ -243,3 +243,33 @@ def test_serve_prints_the_url_and_isolates(built_site):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_repo_without_manifest_and_damaged_files(tmp_path, site_dir):
+    """A repo in the transformers.js layout (no onnx/manifest.json) gets a manifest made for the site; a file
+    that does not match its repo's manifest stops the build naming it."""
+    import shutil
+
+    from webformers.site import SiteError, build_site
+
+    tiny = site_dir / "models" / TINY
+    foreign = tmp_path / "foreign"
+    (foreign / "onnx").mkdir(parents=True)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "onnx/model.onnx", "onnx/model_q4.onnx"):
+        if (tiny / f).is_file():
+            shutil.copyfile(tiny / f, foreign / f)
+    site = build_site(tmp_path / "site", models=[f"org/foreign={foreign}:q4"])
+    assert site["models"] == ["org/foreign"]
+    served = tmp_path / "site" / "models" / "org" / "foreign"
+    man = json.loads((served / "onnx" / "manifest.json").read_text())
+    assert list(man["modules"]["model"]) == ["q4"] and not (served / "onnx" / "model.onnx").exists()
+    assert man["files"]["onnx/model_q4.onnx"]["sha256"] == _sha(foreign / "onnx" / "model_q4.onnx")
+    assert man["files"]["config.json"]["sha256"] == _sha(foreign / "config.json")
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny, damaged)
+    data = bytearray((damaged / "onnx" / "model_q4.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "onnx" / "model_q4.onnx").write_bytes(bytes(data))
+    with pytest.raises(SiteError, match=r"model_q4\.onnx is damaged: sha256 .* its manifest says"):
+        build_site(tmp_path / "site2", models=[f"{damaged}:q4"])

@@ -18,6 +18,7 @@ with unchanged inputs therefore reads and writes nothing but the stamp.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ from .sources import (ORT_FILES, ORT_VERSION, PYODIDE_CORE, PYODIDE_PACKAGES, PY
 
 STAMP = ".webformers-site.json"
 #: where the site's own files go: page files and extra files may not use these
-RESERVED = ("pyodide/", "wheels/", "webformers/", "models/", "site.json", STAMP)
+RESERVED = ("pyodide/", "wheels/", "webformers/", "models/", "site.json", STAMP, ".webformers-site.lock")
 PAGE_DIR = Path(__file__).resolve().parent / "page"
 LOADER = "webformers/site-loader.js"
 _LOADER_TAG = '<script type="module" src="./webformers/site-loader.js"></script>'
@@ -144,7 +145,24 @@ def build_site(out, models=(), app=None, page=None, index=None, extra=None, cach
     if app is not None and not app.is_file():
         raise SiteError(f"--app {app}: no such file (a Python file the page runs on load)")
     out.mkdir(parents=True, exist_ok=True)
-    src = Sources(cache, log)
+    with _locked(out):
+        return _build(out, plans, ids, app, page, index, extra, Sources(cache, log), log, t0)
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One build at a time per site folder (POSIX file lock; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out / ".webformers-site.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(out, plans, ids, app, page, index, extra, src, log, t0) -> dict:
     plan = _Plan()
 
     # Pyodide core + its packages, each wheel checked against Pyodide's own lock
