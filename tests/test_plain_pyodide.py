@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BOOT_TIMEOUT_MS, SITE, origin_violations
+from helpers import BOOT_TIMEOUT_MS, SITE, dump_json, origin_violations
 
 pytestmark = pytest.mark.browser
 
@@ -117,6 +117,10 @@ from webformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 from webformers.runtime.backend import _ortweb
 seen = []
 webformers.configure(on_event=lambda ev: seen.append(ev["status"]), **{configure!r})
+import time
+t0 = time.perf_counter()
+await _ortweb.runtime()  # what the first load does: check the assets, start onnxruntime-web
+start_ms = round((time.perf_counter() - t0) * 1000)
 result = {{}}
 for device in {list(devices)!r}:
     stream = webformers.events(until={{"ready"}})
@@ -132,7 +136,7 @@ for device in {list(devices)!r}:
                        "pieces": pieces, "text": tok.decode(streamed_out[{len(prompt)}:], skip_special_tokens=True),
                        "streamed_tokens": streamed_out}}
     model.dispose()
-payload = json.dumps({{"result": result, "seen": sorted(set(seen)), "info": _ortweb.runtime_info(),
+payload = json.dumps({{"result": result, "start_ms": start_ms, "seen": sorted(set(seen)), "info": _ortweb.runtime_info(),
                       "settings": {{k: v for k, v in webformers.config.settings().items()
                                    if k in ("assets", "models", "started")}}}})
 payload
@@ -148,6 +152,7 @@ def test_plain_pyodide_generates_like_onnxruntime(browser, plain_server, mode):
     s = Session(browser, plain_server, mode)
     try:
         res = json.loads(s.run(_generate(prompt, ["wasm", "webgpu"])))
+        dump_json(f"plain_pyodide_{mode}.json", {"runtime_start_ms": res["start_ms"], "info": res["info"]})
         assert res["info"]["mode"] == "worker"  # onnxruntime-web in a worker of its own, started by Python
         assert res["settings"]["assets"] == plain_server.url + "/webformers/"
         assert res["settings"]["models"] == plain_server.url + "/models"
