@@ -183,6 +183,12 @@ def test_plain_pyodide_in_thread_and_stop(browser, plain_server, why):
     try:
         if why == "no-worker":
             s.page.evaluate("delete globalThis.Worker")
+            err = s.run_error(_install() + f"""
+webformers.configure(ort_worker=True)
+await webformers.AutoModelForCausalLM.from_pretrained({MODEL!r}, dtype="fp32", device="wasm")
+""")
+            assert "ValueError" in err and "has no Worker" in err and "ort_worker=False" in err, err
+            s.run("webformers.config.reset()")
         res = json.loads(s.run(_generate(prompt, ["wasm"], **({"ort_worker": False} if why == "configured" else {}))
                                + f"""
 from webformers import platform

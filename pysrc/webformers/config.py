@@ -57,8 +57,9 @@ def configure(*, assets: str | None = None, models: str | None = None, threads: 
             ``"models/"``, resolved like ``assets``.
         threads: onnxruntime-web's WASM threads (default: up to 4 when the page is cross-origin isolated,
             else 1). Fixed once onnxruntime-web has started.
-        ort_worker: True runs onnxruntime-web in a worker of its own, False in the calling thread; None
-            (default): a worker where ``Worker`` exists. Fixed once onnxruntime-web has started.
+        ort_worker: True runs onnxruntime-web in a worker of its own (a ValueError at the first load where
+            ``Worker`` does not exist), False in the calling thread; None (default): a worker where
+            ``Worker`` exists. Fixed once onnxruntime-web has started.
         on_event: a callable receiving every event (a dict with ``status``: initiate, download, progress,
             done, ready, warning, ... see ``webformers.store.events``); added to the ones given before
             (``settings()["on_event"]`` lists them). Coroutine functions are scheduled on the running loop.

@@ -6,6 +6,7 @@
 //   checkAssets(assetsUrl) -> Promise: rejects with one error naming each missing / misconfigured file
 //   postMessageHost(scope) -> {emit, isCancelled, resetCancel}: the demo page's event and Stop glue
 //
+// inThread: true runs onnxruntime-web in this thread, false requires a Worker, unset: a Worker where one exists.
 // The runtime: create(model, external, optionsJson), run(specJson, ...arrays), release(refs), dispose(sid),
 // adopt(key), dropWarm(), remember(model, module, planJson), info() (null until ready: {threads, version,
 // mode}), adapterInfo(), sha256(bytes). onnxruntime-web runs in a module Worker of its own (ort-host.js)
@@ -99,6 +100,10 @@ const wholeBuffer = (a) => a.byteOffset === 0 && a.byteLength === a.buffer.byteL
 export function launchRuntime(assetsUrl, options = {}) {
   const base = baseOf(assetsUrl);
   const hasWorker = typeof Worker === "function";
+  if (options.inThread === false && !hasWorker) {
+    throw new Error("webformers: a worker for onnxruntime-web was asked for (configure(ort_worker=True)) but " +
+                    "this scope has no Worker; use ort_worker=False (in this thread) or None (whatever works)");
+  }
   const inThread = !!options.inThread || !hasWorker;
   const all = self.crossOriginIsolated && hasWorker ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   const threads = options.threads ? Math.min(Number(options.threads), all) : all;

@@ -89,7 +89,9 @@ async def _start():
     global _runtime
     s = config.settings()
     assets = s["assets"]
-    opts = {"threads": s["threads"] or 0, "inThread": s["ort_worker"] is False}
+    opts = {"threads": s["threads"] or 0}
+    if s["ort_worker"] is not None:
+        opts["inThread"] = not s["ort_worker"]
     try:
         await _check_loader(assets + "runtime.js")
         from pyodide.code import run_js  # type: ignore[import-not-found]
@@ -97,6 +99,8 @@ async def _start():
         try:
             rt = await module.startRuntime(assets, to_js(opts, dict_converter=js.Object.fromEntries))
         except JsException as e:
+            if "configure(ort_worker=True)" in str(e.message):
+                raise ValueError(str(e.message)) from None
             raise config.AssetsError(str(e.message)) from None
     except config.AssetsError as e:
         js.console.error(str(e))
