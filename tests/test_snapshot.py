@@ -105,7 +105,7 @@ def test_second_visit_restores_the_snapshot_and_generates_the_same_tokens(ctx, s
     first.page.close()
 
     again, t2 = _visit(ctx, server)
-    assert t2["path"] == "snapshot" and "warnings" not in t2, t2
+    assert t2["path"] == "snapshot" and "warnings" not in t2, (t2["path"], t2.get("warnings"))
     assert t2["snapshot_mb"] > 1 and t2["snapshot_check"] >= 0
     assert "restored from its snapshot" in again.locator("#boot-status").inner_text()
     rows = again.locator("#boot-timings tbody tr th").all_text_contents()
@@ -155,7 +155,7 @@ def test_bad_snapshot_is_evicted_and_the_page_boots_fresh(ctx, server, how):
     bad.page.close()
 
     healed, t2 = _visit(ctx, server)
-    assert t2["path"] == "snapshot" and "warnings" not in t2, t2
+    assert t2["path"] == "snapshot" and "warnings" not in t2, (t2["path"], t2.get("warnings"))
     assert json.loads(run_py(healed, GENERATE))["ids"] == ref["ids"]
     for s in (first, bad, healed):
         assert origin_violations(s) == [], origin_violations(s)

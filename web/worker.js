@@ -48,6 +48,17 @@ self.wfOrt = runtime.ort;
 self.wfBridge = { ...postMessageHost(self), adapterInfo: runtime.ort.adapterInfo, sha256: runtime.ort.sha256 };
 
 let pyodide = null;
+// runPython calls in flight, and when the last one ended
+let pythonBusy = 0;
+let pythonIdleSince = performance.now();
+const SNAPSHOT_IDLE_MS = 2000;
+const whenPythonIdle = (ms) => new Promise((resolve) => {
+  const tick = () => {
+    if (pythonBusy === 0 && performance.now() - pythonIdleSince >= ms) resolve();
+    else setTimeout(tick, 250);
+  };
+  tick();
+});
 
 // Python (pyboot.js: Pyodide, numpy, our wheels), then onnxruntime-web's worker and the Python side of the bridge.
 async function boot() {
@@ -56,8 +67,11 @@ async function boot() {
   const py = await bootPython({ base, snapshot: params.get("snapshot") !== "0" });
   pyodide = py.pyodide;
   const t = py.timings;
-  if (py.snapshotMade) {
-    py.snapshotMade.then(
+  // after a fresh boot: the snapshot for the next visit, made once Python has been idle for a while (it
+  // costs a second Pyodide boot's CPU; a page that keeps Python busy does not pay it)
+  pythonIdleSince = performance.now();
+  if (py.makeSnapshot) {
+    whenPythonIdle(SNAPSHOT_IDLE_MS).then(py.makeSnapshot).then(
       (r) => self.postMessage({ type: "event", event: { status: "python-snapshot", bytes: r.bytes, timings: r.timings } }),
       (e) => self.postMessage({ type: "event", event: { status: "warning", message: String(e && e.message || e) } }));
   }
@@ -101,7 +115,12 @@ const server = new RpcServer(self, {
     } catch (e) {
       throw new Error("webformers did not boot");
     }
-    return toJs(await pyodide.runPythonAsync(code));
+    pythonBusy++;
+    try {
+      return toJs(await pyodide.runPythonAsync(code));
+    } finally {
+      if (--pythonBusy === 0) pythonIdleSince = performance.now();
+    }
   },
 });
 const booted = boot();

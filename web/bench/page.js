@@ -112,6 +112,22 @@ async function pageMemory() {
   return out;
 }
 
+/** The "python-snapshot" event's {bytes, timings} once the worker saved it, or {error} (a warning / timeout). */
+function snapshotSaved(wf, timeoutMs) {
+  const seen = wf.events.find((e) => e.status === "python-snapshot");
+  if (seen) return Promise.resolve({ bytes: seen.bytes, timings: seen.timings });
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ error: `no snapshot within ${timeoutMs} ms` }), timeoutMs);
+    wf.addEventListener("wf-event", (e) => {
+      const d = e.detail || {};
+      if (d.status === "python-snapshot" || (d.status === "warning" && /snapshot/.test(d.message || ""))) {
+        clearTimeout(timer);
+        resolve(d.status === "warning" ? { error: d.message } : { bytes: d.bytes, timings: d.timings });
+      }
+    });
+  });
+}
+
 /** One run: start the library, load the model, generate; returns the figures (ms on the page clock). */
 export async function runBench(cfg, log = () => {}) {
   const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, execution: cfg.execution,
@@ -145,6 +161,10 @@ export async function runBench(cfg, log = () => {}) {
       if (cfg.encode_url) r.encode = await wf.runPython(PY_ENCODE(cfg.encode_url));
     }
     r.memory = { ...await wf.call("benchMemory"), ...await pageMemory() };
+    // which Python boot ran (webformers/pyboot.js: snapshot / fresh) and its steps; after a fresh boot, the
+    // visit lasts until the snapshot for the next one is saved (as a user's first visit would)
+    r.python_boot = Object.fromEntries(Object.entries(r.boot).filter(([k]) => k !== "ort_version"));
+    if (r.boot.path === "fresh") r.snapshot_saved = await snapshotSaved(wf, 120_000);
     wf.worker.terminate();
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
   } else if (cfg.lib === "transformers.js") {

@@ -2,12 +2,13 @@
 // "pyodide_packages"), then our wheels (site.json "wheels", each checked against its sha256).
 // Served from <site>/webformers/pyboot.js; works in a worker or on a page's main thread.
 //
-//   const { pyodide, site, timings } = await bootPython({ base, snapshot: true });
+//   const { pyodide, site, timings, makeSnapshot } = await bootPython({ base, snapshot: true });
 //
 // base: the site's root URL (default: the folder above this file).
 // snapshot: use a memory snapshot of the booted interpreter (Cache API "webformers-pysnapshot", one entry
-//   per site) when there is a valid one; otherwise boot fresh and, afterwards, make one in a worker of its
-//   own (this file, started with the name "webformers-pysnapshot"), for the next visit.
+//   per site) when there is a valid one; otherwise boot fresh and return `makeSnapshot()`, which makes one
+//   for the next visit in a worker of its own (this file, started with the name "webformers-pysnapshot";
+//   a second Pyodide boot, seconds of CPU: call it when the page is idle). It resolves to {bytes, timings}.
 // timings (ms): path ("snapshot" | "fresh"), pyodide (interpreter started / restored), numpy (Pyodide's
 //   packages), wheel (our wheels installed / mounted, imports checked); on the snapshot path also
 //   snapshot_read (Cache API read + sha256 check) and snapshot_mb; warnings: why a snapshot was not used.
@@ -353,9 +354,8 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
     t.path = "fresh";
   }
   if (warnings.length) t.warnings = warnings;
-  // After a fresh boot: the snapshot for the next visit, made in the background.
-  const snapshotMade = snapshot && t.path === "fresh" && key && typeof caches !== "undefined"
-    ? makeSnapshotInWorker(base, key, inputs) : null;
-  if (snapshotMade) snapshotMade.catch(() => {});
-  return { pyodide, site, timings: t, snapshotMade };
+  // After a fresh boot: makes the snapshot for the next visit when called (in a worker of its own)
+  const makeSnapshot = snapshot && t.path === "fresh" && key && typeof caches !== "undefined"
+    ? () => makeSnapshotInWorker(base, key, inputs) : null;
+  return { pyodide, site, timings: t, makeSnapshot };
 }
