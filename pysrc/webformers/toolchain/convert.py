@@ -5,6 +5,7 @@ Everything is written into a temporary directory next to OUT and renamed at the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -214,6 +215,11 @@ def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, rep
     model, tok, gen = load_source(src)
     timings["load"] = time.monotonic() - t0
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # QAT checkpoints live beside OUT until the conversion succeeds: an interrupted run resumes from them
+    qat_ckpt = None
+    if lowbit.qat_steps > 0 and lowbit.qat_checkpoint_dir is None:
+        qat_ckpt = out.parent / f".{out.name}.qat"
+        lowbit = dataclasses.replace(lowbit, qat_checkpoint_dir=str(qat_ckpt))
     try:
         write_repo_files(model, tok, gen, tmp, external_data=external_data)
         from .export import export_decoder, save_model
@@ -261,6 +267,8 @@ def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, rep
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+        if qat_ckpt is not None:
+            shutil.rmtree(qat_ckpt, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

