@@ -187,11 +187,19 @@ def test_app_error_is_shown_in_the_users_page(browser, tmp_path):
 
 
 def test_rebuild_with_unchanged_inputs_writes_nothing(tmp_path, site_dir):
+    """The first build into a fresh cache (seeded with the downloads only: it extracts, hashes, writes the
+    wheels and copies) vs a rebuild."""
     from webformers.site import build_site
+    from webformers.site.sources import default_cache
 
+    cache = tmp_path / "cache"
+    (cache / "dl").mkdir(parents=True)
+    for f in (default_cache() / "dl").glob("*"):
+        os.link(f, cache / "dl" / f.name)
     app = tmp_path / "app.py"
     app.write_text("print('hello')\n")
-    args = dict(models=[f"{site_dir / 'models' / TINY}:q4", f"{site_dir / 'models' / SMOL}:q4"], app=app)
+    args = dict(models=[f"{site_dir / 'models' / TINY}:q4", f"{site_dir / 'models' / SMOL}:q4"], app=app,
+                cache=cache)
     out = tmp_path / "site"
     first = build_site(out, **args)["build"]
     t0 = time.time()
@@ -202,7 +210,7 @@ def test_rebuild_with_unchanged_inputs_writes_nothing(tmp_path, site_dir):
     assert second_wall * 5 <= first["seconds"], (first, second_wall)
     # a changed input is written again, alone; a model left out is removed
     app.write_text("print('hello again')\n")
-    third = build_site(out, models=args["models"][:1], app=app)["build"]
+    third = build_site(out, models=args["models"][:1], app=app, cache=cache)["build"]
     assert (out / "app.py").read_text() == "print('hello again')\n"
     assert not (out / "models" / SMOL).exists() and (out / "models" / TINY / "onnx" / "model_q4.onnx").is_file()
     assert third["removed"] >= 4 and third["written"] == 3, third  # app.py, models/index.json, site.json

@@ -108,6 +108,7 @@ class Hasher:
     def save(self) -> None:
         if not self._dirty:
             return
+        self._known = {k: v for k, v in self._known.items() if os.path.exists(k)}  # forget deleted files
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".hashes.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self._known))
@@ -140,9 +141,12 @@ class Sources:
         dst = self.cache / "dl" / file
         for cand in (dst, self.cache.parent / "dl" / file, self.cache.parent / "purewheels" / "downloads" / file):
             if cand.is_file() and self.hasher.sha256(cand) == sha256:
-                if cand != dst:
+                if cand != dst:  # hard-linked when the file system allows (the 77 MB wheel once on disk)
                     dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(cand, dst)
+                    try:
+                        os.link(cand, dst)
+                    except OSError:
+                        shutil.copyfile(cand, dst)
                 return dst
         return None
 
