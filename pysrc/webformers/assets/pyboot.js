@@ -10,27 +10,29 @@
 //   for the next visit in a worker of its own (this file, started with the name "webformers-pysnapshot";
 //   a second Pyodide boot, seconds of CPU: call it when the page is idle). It resolves to {bytes, timings}.
 // timings (ms): path ("snapshot" | "fresh"), pyodide (interpreter started / restored), numpy (Pyodide's
-//   packages), wheel (our wheels installed / mounted, imports checked); on the snapshot path also
-//   snapshot_read (Cache API read + sha256 check) and snapshot_mb; warnings: why a snapshot was not used.
+//   packages; numpy_load, numpy_import), wheel (our wheels installed / mounted, imports checked),
+//   snapshot_check (key + Cache API lookup); on the snapshot path also snapshot_read (read + sha256 check,
+//   overlapping the pyodide step) and snapshot_mb; snapshot_failed (a restore that failed); warnings: why a
+//   snapshot was not used.
 //
 // The snapshot holds the Python heap only: Python initialised, our wheels on sys.path as zip files (at
 // /lib/webformers-wheels/), and the modules that import without numpy (SNAPSHOT_PRELOAD). Packages with
 // shared libraries (numpy) cannot be in it (Pyodide does not re-link them on restore): they load after the
-// restore, while the wheels are written back to the same paths. The snapshot's key is the sha256 of what
+// restore, and the wheels are written back to the same paths. The snapshot's key is the sha256 of what
 // it was made from (SNAPSHOT_FORMAT, Pyodide's core files and packages, every wheel's sha256); an entry
 // with another key, a sha256 mismatch or a failed restore is evicted and the boot runs fresh.
 import { sha256Hex } from "./sha256.js";
 
 const defaultBase = new URL("../", import.meta.url);
 
-//: bump when what goes into a snapshot changes
+// bump when what goes into a snapshot changes
 const SNAPSHOT_FORMAT = 1;
 const SNAPSHOT_CACHE = "webformers-pysnapshot";
 const SNAPSHOT_WORKER_NAME = "webformers-pysnapshot";
 const WHEEL_DIR = "/lib/webformers-wheels";
-//: imported before the snapshot is made, so that a restored interpreter does not import them again: the
-//: standard library modules that Pyodide's package loader, numpy and webformers import, then jinja2 and
-//: the webformers modules (those that need numpy fail there and load on first use)
+// imported before the snapshot is made, so that a restored interpreter does not import them again: the
+// standard library modules that Pyodide's package loader, numpy and webformers import, then jinja2 and
+// the webformers modules (those that need numpy fail there and load on first use)
 const SNAPSHOT_PRELOAD = [
   "ast", "asyncio", "base64", "bz2", "calendar", "concurrent.futures", "contextlib", "copy", "csv", "ctypes",
   "dataclasses", "datetime", "dis", "email.message", "email.parser", "enum", "fnmatch", "hashlib", "html.parser",
@@ -176,34 +178,39 @@ async function writeZips(pyodide, zips) {
   for (const [path, bytes] of zips) pyodide.FS.writeFile(path, await bytes);
 }
 
-// The entry of this site's snapshot when it is valid for `key`; evicts an entry that is not (and says why
-// in `warnings`). Returns null when there is none.
-async function readSnapshot(base, key, inputs, warnings) {
+// This site's snapshot entry when it was made for `key` ({bytes: promise of the bytes, checked against their
+// sha256 while Pyodide loads, cache, url}); evicts an entry made for another key (and says why in
+// `warnings`). Null when there is none.
+async function readSnapshot(base, key, inputs, warnings, t) {
   if (typeof caches === "undefined") return null;
   const cache = await caches.open(SNAPSHOT_CACHE);
   const url = snapshotUrl(base);
   const resp = await cache.match(url);
   if (!resp) return null;
-  const evict = async (why) => {
-    warnings.push(`Python snapshot ${why}: evicted, booting fresh`);
-    await cache.delete(url);
-    return null;
-  };
   if (resp.headers.get("x-wf-key") !== key) {
     let made = {};
     try { made = JSON.parse(resp.headers.get("x-wf-inputs") || "{}"); } catch { /* reported as stale */ }
-    return evict(`is stale (${describeChange(made, inputs)})`);
+    warnings.push(`Python snapshot is stale (${describeChange(made, inputs)}): evicted, booting fresh`);
+    await cache.delete(url);
+    return null;
   }
-  let bytes;
-  try {
-    bytes = new Uint8Array(await resp.arrayBuffer());
-  } catch (e) {
-    return evict(`could not be read (${e && e.message || e})`);
-  }
-  const got = await sha256Hex(bytes);
-  if (got !== resp.headers.get("x-wf-sha256")) {
-    return evict(`is corrupted (sha256 ${got}, expected ${resp.headers.get("x-wf-sha256")})`);
-  }
+  const problem = (why) => Object.assign(new Error(why), { snapshotProblem: why });
+  const bytes = (async () => {
+    const t0 = performance.now();
+    let b;
+    try {
+      b = new Uint8Array(await resp.arrayBuffer());
+    } catch (e) {
+      throw problem(`could not be read (${e && e.message || e})`);
+    }
+    const got = await sha256Hex(b);
+    const want = resp.headers.get("x-wf-sha256");
+    if (got !== want) throw problem(`is corrupted (sha256 ${got}, expected ${want})`);
+    t.snapshot_read = Math.round(performance.now() - t0);
+    t.snapshot_mb = Math.round(b.length / 1e5) / 10;
+    return b;
+  })();
+  bytes.catch(() => {});  // reported where the restore awaits it
   return { bytes, cache, url };
 }
 
@@ -225,6 +232,7 @@ function describeChange(made, now) {
 
 async function bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t) {
   const zips = snapshotZips(site, wheelBytes);
+  // (Pyodide awaits the snapshot's bytes once its own script is loaded: the check overlaps that)
   const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", base).href, fullStdLib: false,
                                       _loadSnapshot: snap.bytes });
   lap("pyodide");
@@ -331,18 +339,18 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
     try {
       inputs = await snapshotInputs(site, base);
       key = await snapshotKey(inputs);
-      snap = await readSnapshot(base, key, inputs, warnings);
+      snap = await readSnapshot(base, key, inputs, warnings, t);
     } catch (e) {
       warnings.push(`Python snapshot could not be read: ${e && e.message || e}`);
     }
     lap("snapshot_check");
     if (snap) {
-      t.snapshot_mb = Math.round(snap.bytes.length / 1e5) / 10;
       try {
         pyodide = await bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t);
         t.path = "snapshot";
       } catch (e) {
-        warnings.push(`Python snapshot did not restore (${e && e.message || e}): evicted, booting fresh`);
+        const why = e && e.snapshotProblem || `did not restore (${e && e.message || e})`;
+        warnings.push(`Python snapshot ${why}: evicted, booting fresh`);
         pyodide = null;
         await snap.cache.delete(snap.url).catch(() => {});
         lap("snapshot_failed");
