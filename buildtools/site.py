@@ -57,6 +57,9 @@ def _built_models() -> list[str]:
     return [m["id"] for m in json.loads(index.read_text())["models"]] if index.is_file() else []
 
 
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def build(models: bool = True) -> dict:
     """Assemble dist/site. ``models=False`` keeps the demo models dist/site already has (no conversion).
 
@@ -84,6 +87,10 @@ def _build(models: bool) -> dict:
     try:
         site = build_site(SITE, models=[f"{i}={SITE / 'models' / i}" for i in ids], page=ROOT / "web",
                           extra={f"vendor/{name}": src for name, src in VENDOR.items()}, cache=CACHE / "site", log=log)
+        if SMOLLM2 in ids:  # dist/site/jupyterlite/: JupyterLite whose shipped notebook runs SmolLM2
+            from webformers.site.jupyterlite import build_jupyterlite
+
+            build_jupyterlite(SITE, model=SMOLLM2, cache=CACHE / "site", log=log)
     except SiteError as e:
         raise BuildError(str(e)) from None
     log(f"dist/site ready in {time.time() - t0:.1f} s")

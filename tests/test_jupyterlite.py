@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 
-from helpers import SITE, PageSession, origin_violations, run_async
+from helpers import ROOT, SITE, PageSession, origin_violations, run_async
 
 pytestmark = pytest.mark.browser
 
@@ -65,3 +65,25 @@ def test_unknown_notebook_model_names_the_choices():
 
     with pytest.raises(SiteError, match=r"not a text-generation model of this site.*SmolLM2"):
         build_jupyterlite(SITE, model="nobody/nothing")
+
+
+def test_site_command_builds_jupyterlite_once(tmp_path):
+    """``webformers site OUT --model REPO --jupyterlite``: the notebook runs that model; unchanged inputs
+    rebuild nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "pysrc")}
+    cmd = [sys.executable, "-m", "webformers", "site", str(tmp_path / "out"), "--model",
+           f"{SITE / 'models' / 'webformers' / 'tiny-random-llama'}:q4", "--jupyterlite", "-q"]
+    runs = [subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert "(built)" in runs[0].stdout and "(unchanged)" in runs[1].stdout, [r.stdout for r in runs]
+    nb = json.loads((tmp_path / "out" / "jupyterlite" / "files" / "webformers.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"])
+    assert '"webformers/tiny-random-llama", dtype="q4"' in code, code
+    assert (tmp_path / "out" / "jupyterlite" / "static" / "pyodide" / "pyodide.asm.wasm").is_file()
+    piplite = {p.name for p in (tmp_path / "out" / "jupyterlite" / "pypi").glob("*.whl")}
+    assert {n.split("-")[0] for n in piplite} >= {"webformers", "jinja2", "markupsafe", "comm"}, piplite

@@ -33,7 +33,7 @@ from .sources import (ORT_FILES, ORT_VERSION, PYODIDE_CORE, PYODIDE_PACKAGES, PY
 
 STAMP = ".webformers-site.json"
 #: where the site's own files go: page files and extra files may not use these
-RESERVED = ("pyodide/", "wheels/", "webformers/", "models/", "site.json", STAMP, ".webformers-site.lock")
+RESERVED = ("pyodide/", "wheels/", "webformers/", "models/", "jupyterlite/", "site.json", STAMP, ".webformers-site.lock")
 PAGE_DIR = Path(__file__).resolve().parent / "page"
 LOADER = "webformers/site-loader.js"
 _LOADER_TAG = '<script type="module" src="./webformers/site-loader.js"></script>'

@@ -16,6 +16,17 @@ def _site(a) -> int:
     b = site["build"]
     print(f"wrote {a.out} in {b['seconds']} s ({b['written']} files written, {b['unchanged']} unchanged; "
           f"models: {', '.join(site['models']) or 'none'}); serve it with: webformers serve {a.out}")
+    if a.jupyterlite is not None:
+        from .jupyterlite import build_jupyterlite
+
+        try:
+            lite = build_jupyterlite(a.out, model=a.jupyterlite or None, cache=a.cache,
+                                     log=(lambda *_: None) if a.quiet else (lambda m: print(m, file=sys.stderr)))
+        except SiteError as e:
+            print(f"webformers site: error: {e}", file=sys.stderr)
+            return 2
+        print(f"JupyterLite in {lite['dir']} ({'built' if lite['built'] else 'unchanged'}); its notebook, "
+              f"running {lite['model']} {lite['dtype']}: {lite['notebook']}")
     return 0
 
 
@@ -48,6 +59,10 @@ def add_commands(sub) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--page", help="a folder copied as the page (with its own index.html)")
     g.add_argument("--index", help="an index.html for the page (the loader's script tag is added if missing)")
+    s.add_argument("--jupyterlite", nargs="?", const="", metavar="MODEL_ID",
+                   help="also build OUT/jupyterlite/: JupyterLite (pip install 'webformers[jupyterlite]') whose "
+                        "shipped notebook installs webformers and generates with MODEL_ID (default: the site's "
+                        "first text-generation model)")
     s.add_argument("--cache", help="download cache (default ~/.cache/webformers/site)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=_site)
