@@ -18,7 +18,8 @@ pytest.importorskip("onnxruntime")
 from webformers.dtypes import get_dtype, onnx_file  # noqa: E402
 from webformers.store.manifest import Manifest, sha256_file  # noqa: E402
 
-ALL = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2")
+ALL = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2", "q2f16", "q1", "q1f16", "qmix")
+LOWBIT = ("q2", "q2f16", "q1", "q1f16", "qmix")
 PROMPTS = ("Once upon a time", "The capital of France is", "def fibonacci(n):",
            "To make a cup of tea, first", "The three primary colors are")
 
@@ -80,8 +81,8 @@ def test_every_variant_loads_runs_and_matches_manifest(tiny):
         if d == "fp32":
             ref = logits
         else:  # quantized, but still the same model (2-bit rounding of random weights loses the most)
-            assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > (0.75 if d == "q2" else 0.9), d
-    for d in ("q4", "q4f16", "q2"):
+            assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > (0.75 if d in LOWBIT else 0.9), d
+    for d in ("q4", "q4f16") + LOWBIT:
         ops = set(man.variant("model", d)["ops"])
         # the shared-table lookup uses standard ops: onnxruntime-web's WASM kernels lack GatherBlockQuantized
         assert "MatMulNBits" in ops and "GatherBlockQuantized" not in ops, d
@@ -164,7 +165,7 @@ def test_kv_cache_greedy_equals_full_recompute(tiny):
         ids.append(int(logits[0, -1].argmax()))
     assert got == ids[len(prompt):]
     with pytest.raises(ValueError, match="no 'q1' variant"):
-        reference_greedy(tiny, "q1", prompt, 2)
+        reference_greedy(tiny / "onnx", "q1", prompt, 2)  # not a repo dir: no onnx/ under it
 
 
 def test_report_fields_and_cli_table(tiny, capsys):
@@ -181,12 +182,146 @@ def test_report_fields_and_cli_table(tiny, capsys):
     assert rows["fp32"]["kl"] == 0 and rows["fp32"]["top1"] == 1
     assert rows["q4"]["bytes"] < rows["fp16"]["bytes"] < fp32
     assert rows["q2"]["kl"] > rows["q4"]["kl"] > rows["fp16"]["kl"]  # fewer bits, measurably worse
+    # how each variant was made: the tiny build runs GPTQ then QAT for q2 / q1, the byte budget for qmix
+    from webformers.toolchain.demo import TINY_LOWBIT
+
+    assert {d: r["method"] for d, r in rows.items()} == {
+        "fp32": "-", "fp16": "-", **{d: "rtn" for d in ("q8", "int8", "uint8", "q4", "q4f16", "bnb4")},
+        **{d: "qat" for d in ("q2", "q2f16", "q1", "q1f16")}, "qmix": "budget"}
+    low = rep["lowbit"]["variants"]
+    for d in ("q2", "q1"):
+        losses = low[d]["qat"]["losses"]
+        assert len(losses) == TINY_LOWBIT["qat_steps"] and all(x >= 0 for x in losses)
+        assert low[d]["calibration"]["windows"] > 0
+    assert low["q2f16"]["qat"] == low["q2"]["qat"]  # one run per bit width
+    assert rows["qmix"]["bytes"] <= TINY_LOWBIT["budget"] * fp32
+    assert low["qmix"]["plan_bytes"] <= low["qmix"]["budget_bytes"] and low["qmix"]["budget"] == TINY_LOWBIT["budget"]
     assert (tiny / "quantization_chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["report", str(tiny)]) == 0
     out = capsys.readouterr().out
     for d in ALL:
         assert f" {d} " in out
+    lines = {ln.split()[1]: ln.split() for ln in out.splitlines() if ln.startswith("model ")}
+    assert lines["q2"][2] == "qat" and lines["qmix"][2] == "budget" and lines["q4"][2] == "rtn"
     assert main(["report", str(tiny / "onnx")]) == 2
+
+
+def test_low_bit_files_hold_their_bits_on_disk(tiny):
+    """q2f16 / q1 / q1f16 store every layer weight as packed 2- or 1-bit codes and nothing wider; the q1 codes
+    reach MatMulNBits through the in-graph expansion (the Bonsai layout)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from webformers.toolchain.lowbit.mapping import matmul_weights
+
+    shapes = matmul_weights(onnx.load(str(tiny / onnx_file("model", "fp32"))))
+    assert len(shapes) == 14
+    rows = json.loads((tiny / "quantization_report.json").read_text())["modules"]["model"]
+    for d, bits in (("q2", 2), ("q2f16", 2), ("q1", 1), ("q1f16", 1)):
+        m = onnx.load(str(tiny / onnx_file("model", d)))
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        for name, (k, n) in shapes.items():
+            assert name not in inits, (d, name)  # the float weight is gone
+            codes = inits[f"{name}_Q{bits}"]
+            assert codes.dtype == np.uint8 and codes.size * 8 == k * n * bits, (d, name, codes.shape)
+            if bits == 1:
+                assert codes.shape == (n, k // 8)
+        mm = [node for node in m.graph.node if node.op_type == "MatMulNBits"]
+        assert len(mm) == 15  # 14 layers + the lm_head on the shared table
+        if bits == 1:
+            assert "lowbit/q1_codes2" in inits
+            assert sum(1 for node in m.graph.node if node.op_type == "Gather" and node.input[0] == "lowbit/q1_codes2") == 14
+        norms = {t.data_type for t in m.graph.initializer if t.name.endswith("layernorm.weight")}
+        assert norms == ({10} if d.endswith("f16") else {1}), d  # the f16 forms compute in fp16
+    assert rows["q1"]["bytes"] < rows["q2"]["bytes"]
+    one_bit = sum(k * n // 8 for k, n in shapes.values())
+    layer_bytes = lambda d, b: sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(tiny / onnx_file("model", d))).graph.initializer  # noqa: E731
+                                   if any(t.name == f"{w}_Q{b}" for w in shapes))
+    assert layer_bytes("q1", 1) == one_bit and layer_bytes("q2", 2) == 2 * one_bit
+
+
+@pytest.mark.parametrize("dtype", ["q2f16", "q1", "q1f16", "qmix"])
+def test_low_bit_variants_generate_like_onnxruntime(tiny, dtype):
+    """The KV-cache reference loop equals a full recompute on the file, and the webformers runtime (CPython)
+    generates the same greedy tokens."""
+    from helpers import run_async
+    from webformers import AutoModelForCausalLM
+    from webformers.toolchain import reference_greedy
+
+    prompt, n = [6403, 1980, 253, 655], 12
+    ref = reference_greedy(tiny, dtype, prompt, n)
+    s = _session(tiny / onnx_file("model", dtype))
+    ids = list(prompt)
+    for _ in range(n):
+        logits = s.run(["logits"], _feeds(s, [ids], np.array(1, np.int64)))[0]
+        ids.append(int(logits[0, -1].argmax()))
+    assert ref == ids[len(prompt):]
+
+    async def go():
+        lm = await AutoModelForCausalLM.from_pretrained(str(tiny), dtype=dtype, device="wasm", strict=True)
+        try:
+            out = await lm.generate(prompt, max_new_tokens=n, do_sample=False)
+        finally:
+            lm.dispose()
+        return [int(t) for t in out[0, len(prompt):]]
+
+    assert run_async(go()) == ref
+
+
+def test_converter_calibration_and_qat_beat_rounding(tmp_path):
+    """On the tiny model, the converter's q2 made by GPTQ has lower KL than rounding (the fitted-grid rounding
+    and the min/max q2 of ``make_variant``), and QAT from GPTQ lower still."""
+    import onnx
+
+    from webformers.toolchain.convert import load_source
+    from webformers.toolchain.demo import TINY_LOWBIT, tiny_source
+    from webformers.toolchain.evaluate import held_out_text
+    from webformers.toolchain.export import export_decoder
+    from webformers.toolchain.lowbit.build import LowbitBuilder, LowbitOptions
+    from webformers.toolchain.lowbit.measure import compare_onnx
+    from webformers.toolchain.quantize import make_variant
+
+    model, tok, _ = load_source(tiny_source(tmp_path / "src"))
+    path = export_decoder(model, tmp_path / "model.onnx")
+    fp32 = onnx.load(str(path))
+    held = np.array(tok.encode(held_out_text(), add_special_tokens=False)[:4 * 128], np.int64).reshape(4, 128)
+    kl = {"minmax": compare_onnx(path, make_variant(fp32, "q2"), held)["kl"]}
+    for method, opts in (("rtn", dict(calibrate=False)), ("calibrated", dict(calibrate=True)),
+                         ("qat", {**TINY_LOWBIT, "budget": None})):
+        b = LowbitBuilder(model, tok, fp32, path.stat().st_size, LowbitOptions(**opts), log=lambda *_: None)
+        m = b.variant("q2")
+        assert b.info["q2"]["method"] == method
+        kl[method] = compare_onnx(path, m, held)["kl"]
+    assert kl["qat"] < kl["calibrated"] < min(kl["rtn"], kl["minmax"]), kl
+
+
+def test_convert_cli_qat_and_budget_flags(tmp_path, capsys):
+    from webformers.cli import main
+    from webformers.toolchain.demo import tiny_source
+
+    src = tiny_source(tmp_path / "src")
+    out = tmp_path / "repo"
+    assert main(["convert", str(src), str(out), "--dtypes", "fp32,q2,q1f16", "--qat", "3", "--budget", "0.1",
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "quantization_report.json").read_text())
+    rows = rep["modules"]["model"]
+    assert {d: r["method"] for d, r in rows.items()} == {"fp32": "-", "q2": "qat", "q1f16": "qat", "qmix": "budget"}
+    assert len(rep["lowbit"]["variants"]["q2"]["qat"]["losses"]) == 3 and rep["lowbit"]["options"]["qat_steps"] == 3
+    assert rows["qmix"]["bytes"] <= 0.1 * rows["fp32"]["bytes"]
+    assert rep["lowbit"]["variants"]["qmix"]["plan_bytes"] <= rep["lowbit"]["variants"]["qmix"]["budget_bytes"]
+    man = Manifest.from_json((out / "onnx" / "manifest.json").read_text())
+    assert man.modules == {"model": ["fp32", "q2", "q1f16", "qmix"]}
+    assert " qmix " in printed and " budget " in printed
+    # qmix needs a budget; a budget below the all-1-bit plan names the smallest one
+    assert main(["convert", str(src), str(tmp_path / "o2"), "--dtypes", "fp32,qmix"]) == 2
+    assert "--budget F" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "o3"), "--dtypes", "fp32", "--budget", "0.01", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "smallest plan" in err and "use --budget 0.0" in err
+    _no_leftovers(tmp_path, "o3")
+    assert main(["convert", str(src), str(tmp_path / "o4"), "--qat", "-1"]) == 2
+    assert "--qat STEPS must be >= 0" in capsys.readouterr().err
 
 
 def _no_leftovers(parent: Path, name: str):
@@ -290,7 +425,8 @@ def test_build_cache_keys_on_the_sources_each_build_runs(tmp_path, monkeypatch):
     assert {"toolchain/buildcache.py", "toolchain/export.py", "toolchain/quantize/nbits.py",
             "toolchain/quantize/portable.py", "dtypes.py", "store/manifest.py"} <= decoder
     assert not [p for p in decoder if p.startswith("toolchain/whisper/")]  # Whisper changes keep the LM cache
-    assert decoder <= whisper
+    assert {"toolchain/lowbit/build.py", "toolchain/lowbit/gptq.py", "toolchain/lowbit/qat.py"} <= decoder
+    assert {p for p in decoder if not p.startswith("toolchain/lowbit/")} <= whisper  # Whisper runs no lowbit code
     assert {"toolchain/whisper/convert.py", "speech/whisper.py", "speech/audio.py"} <= whisper
     assert [p for p in whisper if p.startswith("text/tokenizer")]
     with pytest.raises(FileNotFoundError, match="'toolchain/nothing.py'"):
