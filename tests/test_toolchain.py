@@ -521,7 +521,13 @@ def test_smollm2_variants_sizes_and_quality(smollm2):
     assert rep["q4"]["top1"] >= 0.90
     assert rep["fp16"]["top1"] >= 0.98
     man = Manifest.from_json((smollm2 / "onnx" / "manifest.json").read_text())
-    for d in ALL:
+    from webformers.toolchain.convert import DECODER_DTYPES
+
+    built = man.modules["model"]
+    assert set(DECODER_DTYPES) <= set(built)  # qmix only with WEBFORMERS_SMOLLM2_BUDGET
+    assert {rep[d]["method"] for d in ("q2", "q2f16", "q1", "q1f16")} <= {"calibrated", "qat"}
+    assert rep["q1"]["bytes"] <= 0.07 * fp32 and rep["q2"]["kl"] < rep["q1"]["kl"]
+    for d in built:
         assert sha256_file(smollm2 / onnx_file("model", d)) == man.data["files"][onnx_file("model", d)]["sha256"]
         s = _session(smollm2 / onnx_file("model", d))
         logits = s.run(["logits"], _feeds(s, [[6403, 1980, 253, 655]], np.array(1, np.int64)))[0]
