@@ -17,7 +17,7 @@ from helpers import SITE, PageSession, dump_json, run_py
 TINY = "webformers/tiny-random-llama"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #: dtype names transformers.js 4.3.1 accepts (its own API: `dtype` option of from_pretrained).
-TJS_DTYPES = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4")
+TJS_DTYPES = ("fp32", "fp16", "q8", "int8", "uint8", "q4", "q4f16", "bnb4", "q2", "q2f16", "q1", "q1f16")
 PROMPT = "Once upon a time"
 NEW_TOKENS = 12
 RESULTS: dict = {}
