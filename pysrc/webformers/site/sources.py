@@ -28,6 +28,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from ..store.manifest import sha256_file
+
 PYODIDE_VERSION = "0.27.7"
 #: the Pyodide packages a site loads (their dependencies come along from the lock)
 PYODIDE_PACKAGES = ["numpy", "micropip", "packaging"]
@@ -71,12 +73,6 @@ def default_cache() -> Path:
     return Path(os.environ.get("WEBFORMERS_CACHE", Path.home() / ".cache" / "webformers")) / "site"
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Hasher:
