@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 
 __all__ = ["configure", "settings", "events", "EventStream", "AssetsError", "resolve_url", "assets_url",
            "models_url", "stop_source", "dispatch_event"]
@@ -121,21 +120,15 @@ def reset() -> None:
     _stop = None
 
 
-def _base() -> str | None:
-    if sys.platform != "emscripten":
-        return None
-    import js  # type: ignore[import-not-found]
-    return str(js.location.href)
-
-
 def resolve_url(url: str) -> str:
     """``url`` made absolute against the global scope's location (the page, or the worker's script) in the
     browser; unchanged on CPython or when it is a template (contains ``{``)."""
-    base = _base()
+    from .platform import absolute_url, location_href  # the platform imports this module
+
+    base = location_href()
     if base is None or "{" in url:
         return url
-    import js  # type: ignore[import-not-found]
-    return str(js.URL.new(url, base).href)
+    return absolute_url(url, base)
 
 
 def _folder(url: str) -> str:

@@ -26,6 +26,7 @@ and never branches on the platform:
   ``await persist_storage()``;
 - ``default_host()``: where model repos are served when no host is named (the page origin + ``/models``;
   ``$WEBFORMERS_HOST`` or None on CPython);
+- ``location_href()``: the page's (or worker script's) URL, None on CPython; ``absolute_url(url, base)``;
 - CPython only: ``run_sync(coro)`` runs a coroutine from synchronous code (the toolchain, tests).
 
 Errors (``errors``, the same on both): ``RetryableError`` (a download worth retrying), ``QuotaError`` (a

@@ -17,7 +17,8 @@ from .errors import QuotaError, RetryableError
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
-           "estimate_storage", "persist_storage", "default_host", "CacheApiStore"]
+           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url",
+           "CacheApiStore"]
 
 #: response header of a Cache API entry that holds its metadata (JSON)
 META_HEADER = "x-webformers"
@@ -362,3 +363,13 @@ def default_host() -> str:
     """Where model repos are served when no host is named: ``webformers.configure(models=...)``, by default
     ``models/`` next to the page (or the worker's script)."""
     return config.models_url()
+
+
+def location_href() -> str:
+    """The URL of the global scope: the page, or the worker's script."""
+    return str(js.location.href)
+
+
+def absolute_url(url: str, base: str) -> str:
+    """``url`` resolved against ``base`` (the browser's URL rules)."""
+    return str(js.URL.new(url, base).href)

@@ -18,7 +18,8 @@ from .errors import QuotaError, RetryableError
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
-           "estimate_storage", "persist_storage", "default_host", "DirStore", "run_sync"]
+           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "DirStore",
+           "run_sync"]
 
 CHUNK = 1 << 20
 #: buffers larger than this are hashed in a thread, so the event loop keeps running
@@ -346,3 +347,15 @@ def run_sync(coro):
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def location_href() -> None:
+    """None: CPython has no page location (URLs stay as given)."""
+    return None
+
+
+def absolute_url(url: str, base: str) -> str:
+    """``url`` resolved against ``base``."""
+    from urllib.parse import urljoin
+
+    return urljoin(base, url)
