@@ -326,16 +326,17 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
   base = new URL(base);
   const { t, lap } = timer();
   const site = await loadSiteJson(base);
-  const { loadPyodide } = await import(new URL("pyodide/pyodide.mjs", base).href);
-  // Our wheels (checked against site.json's sha256) download while Pyodide starts; errors surface
-  // where they are awaited, in boot order.
+  // Pyodide's module and our wheels (checked against site.json's sha256) load while the snapshot is looked
+  // up; errors surface where they are awaited, in boot order.
+  const pyodideModule = import(new URL("pyodide/pyodide.mjs", base).href);
+  pyodideModule.catch(() => {});
   const wheelBytes = fetchWheels(site, base);
   const warnings = [];
   let pyodide = null;
   let key = null;
   let inputs = null;
+  let snap = null;
   if (snapshot) {
-    let snap = null;
     try {
       inputs = await snapshotInputs(site, base);
       key = await snapshotKey(inputs);
@@ -344,17 +345,18 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
       warnings.push(`Python snapshot could not be read: ${e && e.message || e}`);
     }
     lap("snapshot_check");
-    if (snap) {
-      try {
-        pyodide = await bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t);
-        t.path = "snapshot";
-      } catch (e) {
-        const why = e && e.snapshotProblem || `did not restore (${e && e.message || e})`;
-        warnings.push(`Python snapshot ${why}: evicted, booting fresh`);
-        pyodide = null;
-        await snap.cache.delete(snap.url).catch(() => {});
-        lap("snapshot_failed");
-      }
+  }
+  const { loadPyodide } = await pyodideModule;
+  if (snap) {
+    try {
+      pyodide = await bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t);
+      t.path = "snapshot";
+    } catch (e) {
+      const why = e && e.snapshotProblem || `did not restore (${e && e.message || e})`;
+      warnings.push(`Python snapshot ${why}: evicted, booting fresh`);
+      pyodide = null;
+      await snap.cache.delete(snap.url).catch(() => {});
+      lap("snapshot_failed");
     }
   }
   if (!pyodide) {
