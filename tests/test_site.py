@@ -222,7 +222,9 @@ def test_bad_arguments_name_the_valid_choices(tmp_path, site_dir):
     assert p.returncode == 2 and "no-such-repo is not a directory" in p.stderr, p.stderr
     p = _cli("site", tmp_path / "b", "--model", f"{tiny}:q5")
     assert p.returncode == 2 and "unknown dtype q5" in p.stderr and "fp32, fp16, q8" in p.stderr, p.stderr
-    p = _cli("site", tmp_path / "c", "--model", f"{tiny}:q4,q1")
+    # a site's copy of the repo serves only the dtypes asked for: q4 alone here
+    assert _cli("site", tmp_path / "x", "--model", f"{tiny}:q4").returncode == 0
+    p = _cli("site", tmp_path / "c", "--model", f"{tmp_path / 'x' / 'models' / TINY}:q4,q1")
     assert p.returncode == 2 and "dtype not in this repo q1" in p.stderr and "q4" in p.stderr, p.stderr
     p = _cli("site", tmp_path / "d", "--app", tmp_path / "missing.py")
     assert p.returncode == 2 and "missing.py: no such file" in p.stderr, p.stderr
