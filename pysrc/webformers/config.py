@@ -18,7 +18,7 @@ import asyncio
 import inspect
 
 __all__ = ["configure", "settings", "events", "EventStream", "AssetsError", "resolve_url", "assets_url",
-           "models_url", "stop_source", "dispatch_event"]
+           "models_url", "stop_source", "dispatch_event", "mark_started"]
 
 _DEFAULTS = {"assets": "webformers/", "models": "models/", "threads": None, "ort_worker": None}
 _settings = dict(_DEFAULTS)
@@ -109,6 +109,14 @@ def settings() -> dict:
     return {"assets": assets_url(), "models": models_url(), "threads": _settings["threads"],
             "ort_worker": _settings["ort_worker"], "on_event": list(_listeners), "stop": _stop,
             "started": None if _started is None else dict(_started)}
+
+
+def mark_started(**facts) -> None:
+    """Record that onnxruntime-web runs, with ``facts`` (``assets``, ``threads``, ``ort_worker``, ``mode``,
+    ``ort_threads``): from then on ``configure`` refuses to change the first three (the browser backend calls
+    this once the runtime has started)."""
+    global _started
+    _started = dict(facts)
 
 
 def reset() -> None:

@@ -64,25 +64,25 @@ def _host_runtime():
     return host if isinstance(host, JsProxy) else None
 
 
+#: what every assets error ends with: where the files must be
+_ASSETS_HINT = ("point webformers.configure(assets=...) at the folder holding runtime.js, ort-host.js and ort/ "
+                "(a `webformers site` folder has them in webformers/)")
+
+
 async def _check_loader(url: str) -> None:
     """Raise AssetsError when ``runtime.js`` (the first file needed) is not at ``url``."""
     try:
         resp = await js.fetch(url, to_js({"method": "HEAD", "cache": "no-store"}, dict_converter=js.Object.fromEntries))
     except Exception as e:
         raise config.AssetsError(f"webformers' browser runtime runtime.js could not be fetched from {url}: {e}; "
-                                 "point webformers.configure(assets=...) at the folder holding runtime.js, "
-                                 "ort-host.js and ort/") from None
+                                 + _ASSETS_HINT) from None
     if not resp.ok:
         raise config.AssetsError(f"webformers' browser runtime runtime.js is missing: {url} answered HTTP "
-                                 f"{int(resp.status)}; point webformers.configure(assets=...) at the folder "
-                                 "holding runtime.js, ort-host.js and ort/ (a `webformers site` folder has them "
-                                 "in webformers/)")
+                                 f"{int(resp.status)}; " + _ASSETS_HINT)
     ctype = str(resp.headers.get("content-type") or "")
     if "javascript" not in ctype:
         raise config.AssetsError(f"webformers' browser runtime runtime.js is misconfigured: {url} is served as "
-                                 f"{ctype!r}, expected a JavaScript type (text/javascript); point "
-                                 "webformers.configure(assets=...) at the folder holding runtime.js, ort-host.js "
-                                 "and ort/")
+                                 f"{ctype!r}, expected a JavaScript type (text/javascript); " + _ASSETS_HINT)
 
 
 async def _start():
@@ -108,8 +108,8 @@ async def _start():
         emit_page_event({"status": "error", "message": str(e)})
         raise
     info = rt.info()
-    config._started = {"assets": assets, "threads": s["threads"], "ort_worker": s["ort_worker"],
-                       "mode": str(info.mode), "ort_threads": int(info.threads)}
+    config.mark_started(assets=assets, threads=s["threads"], ort_worker=s["ort_worker"], mode=str(info.mode),
+                        ort_threads=int(info.threads))
     _runtime = rt
     return rt
 
