@@ -84,7 +84,8 @@ def serve(args):
 def test(args):
     setup()
     build(args)
-    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    # the 25 slowest tests close every log; a later --durations in the arguments wins
+    cmd = [sys.executable, "-m", "pytest", "--durations=25", *args.pytest_args]
     rc = subprocess.call(cmd, cwd=ROOT)
     if rc == 5:
         print("pytest collected no tests", file=sys.stderr)
@@ -128,7 +129,7 @@ def main(argv=None):
     p.add_argument("--no-models", action="store_true")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(fn=serve)
-    p = sub.add_parser("test", help="set up, build and run pytest (extra args go to pytest)")
+    p = sub.add_parser("test", help="set up, build and run pytest (extra args go to pytest)", allow_abbrev=False)
     p.add_argument("--no-models", action="store_true")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=test)
@@ -155,7 +156,12 @@ def main(argv=None):
     p.add_argument("--from-site", action="store_true",
                    help="first copy the demo models' quantization reports from dist/site/models")
     p.set_defaults(fn=readme)
-    args = ap.parse_args(argv)
+    # `test -q --durations=60 ...`: options build.py does not know go to pytest, in their order
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        if args.cmd != "test":
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pytest_args = extra + args.pytest_args
     args.fn(args)
 
 
