@@ -98,7 +98,9 @@ def main(argv=None) -> int:
     c.add_argument("src", help="Hugging Face model directory (config.json + *.safetensors) or a .gguf file")
     c.add_argument("out", help="output repo directory (must not exist, or be empty)")
     c.add_argument("--dtypes", default=",".join(SUPPORTED), help=f"comma-separated (default: all: {','.join(SUPPORTED)})")
-    c.add_argument("--external-data", action="store_true", help="store weights in onnx/model{suffix}.onnx_data")
+    c.add_argument("--external-data", nargs="?", const="auto", default=False, metavar="N|auto",
+                   help="store weights in onnx/model{suffix}.onnx_data, _data_1, ...: N files per variant, or "
+                        "'auto' (the default with the flag: files of at most 1 GiB)")
     c.add_argument("--no-report", action="store_true", help="skip the quality evaluation and chart")
     c.add_argument("--no-calibrate", action="store_true",
                    help="low-bit variants (q2, q1, ...) by plain rounding instead of GPTQ calibration")

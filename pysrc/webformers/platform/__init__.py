@@ -27,6 +27,8 @@ and never branches on the platform:
 - ``default_host()``: where model repos are served when no host is named (the page origin + ``/models``;
   ``$WEBFORMERS_HOST`` or None on CPython);
 - ``location_href()``: the page's (or worker script's) URL, None on CPython; ``absolute_url(url, base)``;
+- ``device_memory()``: bytes of memory the device reports (``navigator.deviceMemory``; the physical memory on
+  CPython), or None;
 - CPython only: ``run_sync(coro)`` runs a coroutine from synchronous code (the toolchain, tests).
 
 Errors (``errors``, the same on both): ``RetryableError`` (a download worth retrying), ``QuotaError`` (a

@@ -17,7 +17,7 @@ from .errors import QuotaError, RetryableError
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
-           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url",
+           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "device_memory",
            "CacheApiStore"]
 
 #: response header of a Cache API entry that holds its metadata (JSON)
@@ -373,3 +373,9 @@ def location_href() -> str:
 def absolute_url(url: str, base: str) -> str:
     """``url`` resolved against ``base`` (the browser's URL rules)."""
     return str(js.URL.new(url, base).href)
+
+
+def device_memory() -> int | None:
+    """``navigator.deviceMemory`` in bytes (Chromium reports GiB, rounded, at most 8); None without it."""
+    gib = getattr(js.navigator, "deviceMemory", None)
+    return int(float(gib) * 2**30) if isinstance(gib, (int, float)) and gib > 0 else None

@@ -18,7 +18,7 @@ from .errors import QuotaError, RetryableError
 __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
-           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "DirStore",
+           "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "device_memory", "DirStore",
            "run_sync"]
 
 CHUNK = 1 << 20
@@ -359,3 +359,11 @@ def absolute_url(url: str, base: str) -> str:
     from urllib.parse import urljoin
 
     return urljoin(base, url)
+
+
+def device_memory() -> int | None:
+    """The physical memory in bytes (``os.sysconf``); None where it is not known."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None

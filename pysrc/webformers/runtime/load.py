@@ -7,6 +7,11 @@ on the CPU session, but the same selection and fallback logic runs), reads the r
 when some module may be ``"auto"``, plans the dtypes (``runtime.plan``), fetches every file of the plan at
 once (verified by the store) and creates one session per module.
 
+Before any model file is read, the memory plan (``runtime.memory``: weights + KV cache for ``context``
+tokens + overhead against ``max_memory`` when given, the WebAssembly heap on wasm, the device's memory)
+refuses the load with ``MemoryPlanError`` or, for ``dtype="auto"``, picks the best dtypes within it;
+``timings["memory"]`` is its estimate.
+
 Sessions get external data (``*.onnx_data`` files of the variant) and, under WebGPU, keep their
 ``present*`` outputs (the KV cache) on the GPU unless ``keep_on_device`` names other outputs per module.
 
@@ -26,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import backend, forms
+from . import backend, forms, memory
 from .. import platform
 from ..store import REPORT_PATH, LoadEvents, ModelRepo
 from .exec_form import SESSION_CONFIG
@@ -99,9 +104,10 @@ def _form_report(choice: forms.FormChoice, done: dict) -> dict:
 async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dtype="auto", device="auto",
                         strict: bool = False, max_bytes: int | None = None, progress_callback=None,
                         keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None,
-                        execution="auto", max_memory=None) -> Loaded:
-    """Plan dtypes/device (``runtime.plan``), fetch the files and create one session per module in its
-    execution form (``runtime.forms``; see the module docstring)."""
+                        execution="auto", max_memory=None, context: int | None = None) -> Loaded:
+    """Plan dtypes/device (``runtime.plan``), check the memory plan (``runtime.memory``, for ``context``
+    tokens of KV cache), fetch the files and create one session per module in its execution form
+    (``runtime.forms``; see the module docstring)."""
     request = check_dtype_arg(dtype)
     form_request = forms.check_form_args(execution, max_memory)
     if adapter is None:
@@ -110,6 +116,17 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     report = await repo.optional_json(REPORT_PATH) if request.may_be_auto else None
     plan = select_dtypes(repo.manifest, modules, dtype=request, device=device, adapter=adapter, strict=strict,
                          max_bytes=max_bytes, report=report)
+    # the memory plan, before any model file is read: refuse (MemoryPlanError) or, for "auto", pick smaller
+    shape = memory.ModelShape.from_config(await repo.optional_json("config.json"))
+    limits = memory.memory_limits(backend=backend.backend_name, device=plan.device,
+                                  max_memory=None if max_memory is None else form_request.max_memory,
+                                  device_memory=platform.device_memory())
+    plan, mem_plan = memory.check_plan(
+        repo.manifest, plan, shape, limits, auto=request.every == "auto" or "auto" in request.per_module.values(),
+        reselect=lambda budget: select_dtypes(repo.manifest, modules, dtype=request, device=plan.device,
+                                              adapter=adapter, strict=strict, report=report,
+                                              max_bytes=min(budget, max_bytes or budget)),
+        context=context)
     if keep_on_device is not None:
         if not isinstance(keep_on_device, Mapping):
             raise ValueError("keep_on_device must map module names to lists of output names")
@@ -146,7 +163,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
             await events.file_event("done", f, sizes[f], sizes[f], True)
         to_read = [f for m, fs in plan.files.items() if m not in sessions for f in fs]
         datas = await asyncio.gather(*(repo.file(f, events=events) for f in to_read))
-        timings = {"files": round((time.perf_counter() - t0) * 1000, 1)}
+        timings = {"files": round((time.perf_counter() - t0) * 1000, 1), "memory": mem_plan.as_dict()}
         if sessions:
             timings["warm_started"] = sorted(sessions)
         by_path = dict(zip(to_read, datas))

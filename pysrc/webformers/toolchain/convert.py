@@ -122,16 +122,15 @@ def _load_gguf(p: Path):
     return model, tok, gen
 
 
-def write_repo_files(model, tok, gen, out: Path, *, external_data: bool) -> None:
-    """config.json, generation_config.json, tokenizer.json, tokenizer_config.json (with chat_template)."""
+def write_repo_files(model, tok, gen, out: Path) -> None:
+    """config.json, generation_config.json, tokenizer.json, tokenizer_config.json (with chat_template).
+    ``record_external_data`` adds the external data files once the model files exist."""
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg["architectures"] = ["LlamaForCausalLM"]
     cfg.pop("_name_or_path", None)
     cfg.pop("_model_name_or_path", None)
-    tjs = cfg.setdefault("transformers.js_config", {})
-    if external_data:
-        tjs["use_external_data_format"] = True
+    cfg.setdefault("transformers.js_config", {})
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     gen.save_pretrained(str(out))
     with tempfile.TemporaryDirectory() as td:
@@ -153,6 +152,27 @@ def write_repo_files(model, tok, gen, out: Path, *, external_data: bool) -> None
     tc["tokenizer_class"] = _tokenizer_class(out / "tokenizer.json")
     tc.setdefault("model_max_length", int(getattr(model.config, "max_position_embeddings", 2048)))
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, sort_keys=True, default=str))
+
+
+def record_external_data(repo: Path, modules=(MODULE,)) -> dict:
+    """Set ``transformers.js_config.use_external_data_format`` in ``repo``'s config.json to ``{model file
+    name: number of external data files}`` for every model file that has them (transformers.js fetches
+    ``{file}_data``, ``{file}_data_1``, ... by that number); the key is dropped when none has. Returns it."""
+    from ..store.layout import group_variants
+
+    onnx_dir = Path(repo) / "onnx"
+    paths = [f"onnx/{p.name}" for p in onnx_dir.iterdir() if p.is_file()] if onnx_dir.is_dir() else []
+    counts = {fs[0].rsplit("/", 1)[-1]: len(fs) - 1 for v in group_variants(paths, list(modules)).values()
+              for fs in v.values() if len(fs) > 1}
+    cfg_path = Path(repo) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    tjs = cfg.setdefault("transformers.js_config", {})
+    if counts:
+        tjs["use_external_data_format"] = dict(sorted(counts.items()))
+    else:
+        tjs.pop("use_external_data_format", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    return counts
 
 
 def _tokenizer_class(path: Path) -> str:
@@ -186,7 +206,7 @@ def check_dtypes(names, budget=None) -> list[str]:
     return out
 
 
-def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, report: bool = True,
+def convert(src, out, *, dtypes=DECODER_DTYPES, external_data=False, report: bool = True,
             eval_budget: dict | None = None, calibrate: bool = True, qat_steps: int = 0,
             budget: float | None = None, lowbit: LowbitOptions | None = None, log=print) -> dict:
     """Convert ``src`` into the repo ``out``; returns a summary dict (files, timings, report).
@@ -194,8 +214,16 @@ def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, rep
     Low-bit variants (q2 / q2f16 / q1 / q1f16) are calibrated by GPTQ unless ``calibrate`` is False (plain
     rounding); ``qat_steps`` > 0 adds quantization-aware training; ``budget`` (bytes relative to fp32, e.g.
     0.12) adds the per-layer bit budget variant ``qmix``. ``lowbit`` sets every knob at once
-    (:class:`.lowbit.build.LowbitOptions`; it overrides the three)."""
+    (:class:`.lowbit.build.LowbitOptions`; it overrides the three). ``external_data``: False, True / "auto"
+    (files of at most 1 GiB) or a number of files per variant (:func:`.export.save_model`)."""
     import onnx
+
+    from .export import check_external_data
+
+    try:
+        external_data = check_external_data(external_data)
+    except ValueError as e:
+        raise ConvertError(f"--external-data: {e}") from None
 
     if lowbit is None:
         lowbit = LowbitOptions(calibrate=calibrate, qat_steps=int(qat_steps), budget=budget)
@@ -221,7 +249,7 @@ def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, rep
         qat_ckpt = out.parent / f".{out.name}.qat"
         lowbit = dataclasses.replace(lowbit, qat_checkpoint_dir=str(qat_ckpt))
     try:
-        write_repo_files(model, tok, gen, tmp, external_data=external_data)
+        write_repo_files(model, tok, gen, tmp)
         from .export import export_decoder, save_model
         from .quantize import make_variant
 
@@ -249,6 +277,7 @@ def convert(src, out, *, dtypes=DECODER_DTYPES, external_data: bool = False, rep
             for f in fp32_path.parent.glob(fp32_path.name + "*"):
                 f.unlink()
         del fp32
+        record_external_data(tmp)
         _check_loads(tmp, dtypes)
         write_manifest(tmp, [MODULE])
         rep = None

@@ -70,7 +70,7 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     return ["input_ids", "attention_mask", "position_ids", *past], present
 
 
-def export_decoder(model, out_path, *, external_data: bool = False) -> Path:
+def export_decoder(model, out_path, *, external_data=False) -> Path:
     """Export ``model`` (a ``LlamaForCausalLM`` in fp32) to ``out_path`` (fp32 ONNX)."""
     import onnx
     import torch
@@ -201,26 +201,109 @@ def append_lm_head(m, cfg, lm_head_weight=None):
 
 
 TWO_GB = 2 * 1024 ** 3 - 64 * 1024 ** 2  # keep a margin under protobuf's 2 GiB limit
+#: the most bytes ``external_data="auto"`` puts in one external data file. Each file becomes one ArrayBuffer
+#: in the browser (Chromium refuses ~2 GiB and more) and is copied into the WebAssembly heap while that
+#: buffer is alive, so 1 GiB keeps a file well under the limit and the transient copy small, for few files
+#: (a 1B-parameter fp32 model: 5). A tensor is never split: a file holds at least one whole tensor.
+DATA_CHUNK_BYTES = 1024 ** 3
+#: tensors smaller than this stay inside the .onnx file
+EXTERNAL_THRESHOLD = 1024
+#: tensor offsets in an external data file are multiples of this
+DATA_ALIGN = 64
 
 
 def _tensor_bytes(m) -> int:
     return sum(len(t.raw_data) or 4 * len(t.float_data) for t in m.graph.initializer)
 
 
-def save_model(m, out_path, *, external_data: bool = False) -> Path:
-    """Save ``m``; tensors go to ``{name}_data`` (``model_q4.onnx_data``) when asked or when needed."""
+def check_external_data(value):
+    """``external_data`` as ``save_model`` takes it: False, "auto" (True means "auto"), or a number of files
+    >= 1; anything else is a ValueError naming the choices."""
+    if value is True:
+        return "auto"
+    if value is False or value is None or value == "auto":
+        return value or False
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"external data: expected 'auto' or a number of files >= 1, got {value!r}")
+
+
+def _plan_chunks(sizes: list[int], files) -> list[int]:
+    """The file index of each tensor (in order): "auto" fills files up to :data:`DATA_CHUNK_BYTES`; a number
+    N cuts the bytes into N near-equal runs of whole tensors (fewer files when there are fewer tensors)."""
+    total = sum(sizes)
+    limit = DATA_CHUNK_BYTES if files == "auto" else max(1, -(-total // files))
+    out, idx, used = [], 0, 0
+    for n in sizes:
+        if used and used + n > limit and (files == "auto" or idx + 1 < files):
+            idx, used = idx + 1, 0
+        out.append(idx)
+        used += n + (-n) % DATA_ALIGN
+    return out
+
+
+def data_file_names(name: str, count: int) -> list[str]:
+    """``model.onnx_data``, ``model.onnx_data_1``, ... (the transformers.js names) of the model file ``name``."""
+    return [f"{name}_data" + ("" if i == 0 else f"_{i}") for i in range(count)]
+
+
+def _write_external(m, out_dir: Path, name: str, files) -> list[Path]:
+    """Move every initializer of at least :data:`EXTERNAL_THRESHOLD` bytes of ``m`` into external data files
+    next to the model (``m`` keeps references to them); returns the files written."""
+    from onnx import external_data_helper, numpy_helper
+
+    big = []
+    for t in m.graph.initializer:
+        if t.data_location == 1:  # onnx.TensorProto.EXTERNAL
+            raise ValueError(f"tensor {t.name!r} still refers to external data: load the model with its data")
+        if not t.HasField("raw_data"):
+            if numpy_helper.to_array(t).nbytes < EXTERNAL_THRESHOLD:
+                continue
+            arr = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+        n = len(t.raw_data)
+        if n >= EXTERNAL_THRESHOLD:
+            big.append((t, n))
+    where = _plan_chunks([n for _, n in big], files)
+    names = data_file_names(name, (max(where) + 1) if where else 0)
+    paths = [out_dir / f for f in names]
+    handles = [open(p, "wb") for p in paths]
+    try:
+        for (t, n), i in zip(big, where):
+            f = handles[i]
+            f.write(b"\0" * ((-f.tell()) % DATA_ALIGN))
+            offset = f.tell()
+            f.write(t.raw_data)
+            external_data_helper.set_external_data(t, names[i], offset, n)
+            t.ClearField("raw_data")
+            t.data_location = 1
+    finally:
+        for f in handles:
+            f.close()
+    for p in paths:
+        if p.stat().st_size > TWO_GB:
+            raise ValueError(f"{p.name}: {p.stat().st_size} bytes, over the 2 GB a browser ArrayBuffer holds; "
+                             "ask for more external data files")
+    return paths
+
+
+def save_model(m, out_path, *, external_data=False) -> Path:
+    """Save ``m``. ``external_data``: False (inline, unless the tensors need more than protobuf's 2 GB: then
+    "auto"), "auto" / True (files of at most :data:`DATA_CHUNK_BYTES`) or a number of files: tensors go to
+    ``{name}_data``, ``{name}_data_1``, ... (``model_q4.onnx_data``, the transformers.js names), and ``m``'s
+    initializers then refer to those files (their bytes leave ``m``)."""
     import onnx
 
+    external_data = check_external_data(external_data)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    data_name = out_path.name + "_data"
-    if (out_path.parent / data_name).exists():
-        (out_path.parent / data_name).unlink()
-    if not external_data:
-        external_data = _tensor_bytes(m) > TWO_GB
+    for old in out_path.parent.glob(out_path.name + "_data*"):
+        old.unlink()
+    if not external_data and _tensor_bytes(m) > TWO_GB:
+        external_data = "auto"
     if external_data:
-        onnx.save_model(m, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(m, str(out_path))
+        _write_external(m, out_path.parent, out_path.name, external_data)
+    onnx.save_model(m, str(out_path))
     return out_path
