@@ -206,6 +206,11 @@ class ChunkedStore:
             await self.writer(url, size, spans, file_meta, out.sha256).save()
         return out
 
+    async def meta(self, url: str) -> dict | None:
+        """The metadata of the file stored at ``url`` (its index entry's for a chunked one), or None."""
+        meta, _ = await self._lookup(url)
+        return meta
+
     async def get(self, url: str):
         """The stored bytes of the file at ``url`` (every chunk checked), or None (also when a chunk is bad
         or missing)."""

@@ -174,6 +174,47 @@ class ModelRepo:
         except ValueError as e:
             raise ValueError(f"{self.model}: {path} at {url} is not valid JSON: {e}") from e
 
+    # -- forms derived from a file (e.g. the tokenizer's compact form), kept beside it in the store
+    def _derived_url(self, path: str, kind: str) -> str:
+        url = self.url(path)
+        return f"{url}{'&' if '?' in url else '?'}webformers-derived={kind}"
+
+    def _derived_store(self):
+        return self._store if self.use_cache and self._store is not None and is_http(self.url(MANIFEST_PATH)) \
+            else None
+
+    async def derived(self, path: str, kind: str):
+        """Bytes stored by ``put_derived(path, kind, ...)`` from the file ``path`` the repo has now, or None.
+
+        A stored form is used only while its recorded source sha256 is the manifest's for ``path`` and its
+        own sha256 matches; otherwise it is evicted and None is returned.
+        """
+        store = self._derived_store()
+        entry = self.manifest.entry(path)
+        if store is None or entry is None or not entry.get("sha256"):
+            return None
+        url = self._derived_url(path, kind)
+        meta = await store.meta(url)
+        if meta is None:
+            return None
+        data = await store.get(url) if meta.get("derived_from") == entry["sha256"] else None
+        if data is None or await verify(data, {"size": meta.get("size"), "sha256": meta.get("sha256")}) is not None:
+            await store.delete(url)
+            return None
+        return data
+
+    async def put_derived(self, path: str, kind: str, data: bytes) -> bool:
+        """Keep ``data``, derived from the verified file ``path``, for ``derived(path, kind)``; False when
+        there is no store or ``path`` has no recorded sha256."""
+        store = self._derived_store()
+        entry = self.manifest.entry(path)
+        if store is None or entry is None or not entry.get("sha256"):
+            return False
+        meta = {"model": self.model, "revision": self.revision, "host": self.host, "file": f"{path}#{kind}",
+                "derived_from": entry["sha256"], "sha256": await platform.sha256_hex(data)}
+        await store.put(self._derived_url(path, kind), data, meta)
+        return True
+
     def _events(self, progress_callback=None) -> LoadEvents:
         return LoadEvents(self.model, [self.progress_callback, progress_callback])
 

@@ -1,7 +1,12 @@
 """``AutoTokenizer.from_pretrained``: a model repo's ``Tokenizer``, read through the model store."""
 from __future__ import annotations
 
-from .tokenizer import Tokenizer
+import asyncio
+
+from ... import platform
+from . import compact
+from .errors import TokenizerError
+from .tokenizer import Tokenizer, _load_json
 
 __all__ = ["AutoTokenizer"]
 
@@ -27,7 +32,9 @@ class AutoTokenizer:
 
         Returns:
             A ``Tokenizer`` built from the repo's ``tokenizer.json`` and, when present,
-            ``tokenizer_config.json`` (special tokens, chat template, clean-up setting).
+            ``tokenizer_config.json`` (special tokens, chat template, clean-up setting). Where files are
+            cached, the parsed tokenizer is kept in its compact form (``compact.py``) beside tokenizer.json,
+            and later loads read that instead while tokenizer.json's sha256 is unchanged.
 
         Raises:
             ValueError: the repo cannot be opened (no host, no manifest) or a file is missing or fails its
@@ -39,6 +46,27 @@ class AutoTokenizer:
 
         repo = model if isinstance(model, ModelRepo) else await ModelRepo.open(
             model, revision=revision, host=host, progress_callback=progress_callback)
-        tokenizer_json = await repo.text("tokenizer.json")
         tokenizer_config = await repo.optional_json("tokenizer_config.json") or {}
-        return Tokenizer.from_json(tokenizer_json, tokenizer_config)
+        kept = await repo.derived("tokenizer.json", compact.KIND)
+        if kept is not None:
+            try:
+                return Tokenizer(compact.loads(platform.byte_slice(kept, 0, platform.byte_length(kept))),
+                                 tokenizer_config)
+            except TokenizerError:
+                pass  # not readable here: parsed from tokenizer.json below, and kept again
+        tokenizer_json = _load_json(await repo.text("tokenizer.json"), "tokenizer.json")
+        tokenizer = Tokenizer(tokenizer_json, tokenizer_config)
+        keep = repo.put_derived("tokenizer.json", compact.KIND, compact.dumps(tokenizer_json, tokenizer))
+        if platform.IN_BROWSER:  # stored while the page goes on (the model loads next)
+            asyncio.ensure_future(_quietly(keep))
+        else:
+            await _quietly(keep)
+        return tokenizer
+
+
+async def _quietly(keep) -> None:
+    """Store the compact form; a failure (quota, a closed cache) only costs the next load its parse."""
+    try:
+        await keep
+    except Exception:
+        pass

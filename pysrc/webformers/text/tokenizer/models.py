@@ -28,9 +28,17 @@ class BPEModel:
         self.ignore_merges = bool(spec.get("ignore_merges", False))
         if self.unk_token is not None and self.unk_token not in self.vocab:
             raise TokenizerError(f"BPE unk_token {self.unk_token!r} is not in the vocabulary")
-        self.merges: dict[tuple[int, int], tuple[int, int]] = {}
+        table = spec.get("merge_table")  # already resolved in the compact form (``compact.py``)
+        self.merges: dict[tuple[int, int], tuple[int, int]] = (
+            table if isinstance(table, dict) else self._resolve_merges(spec.get("merges") or []))
+        self._byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)]
+        self._cache: dict[str, list[int]] = {}
+
+    def _resolve_merges(self, merges) -> dict[tuple[int, int], tuple[int, int]]:
+        """``{(left id, right id): (rank, merged id)}`` from tokenizer.json's ``merges`` (strings or pairs)."""
+        out: dict[tuple[int, int], tuple[int, int]] = {}
         plen = len(self.prefix)
-        for rank, m in enumerate(spec.get("merges") or []):
+        for rank, m in enumerate(merges):
             if isinstance(m, str):
                 parts = m.split(" ")
                 if len(parts) != 2:
@@ -44,9 +52,8 @@ class BPEModel:
             except KeyError as exc:
                 raise TokenizerError(f"BPE merge #{rank} ({a!r}, {b!r}) uses a token missing from the "
                                      f"vocabulary: {exc.args[0]!r}") from None
-            self.merges.setdefault((ia, ib), (rank, new))
-        self._byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)]
-        self._cache: dict[str, list[int]] = {}
+            out.setdefault((ia, ib), (rank, new))
+        return out
 
     def token_to_id(self, token: str) -> int | None:
         return self.vocab.get(token)

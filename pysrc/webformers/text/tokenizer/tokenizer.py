@@ -84,7 +84,7 @@ class Tokenizer:
 
         self.vocab: dict[str, int] = dict(self.model.vocab)
         self.vocab.update(self.added_tokens_encoder)
-        self._id_to_token: dict[int, str] = {i: t for t, i in self.model.vocab.items()}
+        self._id_to_token: dict[int, str] = dict(zip(self.model.vocab.values(), self.model.vocab.keys()))
         # HF decodes a normalized added token through its normalized form (e.g. "Hello" -> "\u2581Hello").
         self._id_to_token.update({i: (self.normalizer(t.content) if t.normalized and self.normalizer else t.content)
                                   for i, t in self.added_tokens.items()})
