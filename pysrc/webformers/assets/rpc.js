@@ -1,10 +1,10 @@
 // One request/reply protocol between the page, the webformers workers and the benchmark's worker.
 //
 //   request  {id, method, args}                  args: the handler's positional arguments
-//   reply    {id, ok: true, value}  |  {id, ok: false, error: {message, stack}}
+//   reply    {id, ok: true, value}  |  {id, ok: false, error: {message, stack, name}}
 //
 // `RpcCaller` keeps one promise per request id (no timeout: a request lasts as long as its work) and
-// rejects with an Error carrying the remote message and stack. `RpcServer` runs the handler registered
+// rejects with an Error carrying the remote message, stack and name (an Error's own name is left out). `RpcServer` runs the handler registered
 // for each request's method and posts its reply. Both listen with addEventListener, so the endpoint's
 // other messages (events, the Stop flag) reach its other listeners untouched. Transferables: the
 // `transfer` argument of `call` on the way out, a handler returning `withTransfer(value, transfer)` on
@@ -28,12 +28,14 @@ const isReply = (m) => !!m && typeof m.id === "number" && typeof m.ok === "boole
 
 function errorData(e) {
   const message = e instanceof Error || (e && typeof e.message === "string") ? e.message : String(e);
-  return { message, stack: e && typeof e.stack === "string" ? e.stack : null };
+  const name = e && typeof e.name === "string" && e.name !== "Error" ? e.name : null;
+  return { message, stack: e && typeof e.stack === "string" ? e.stack : null, name };
 }
 
 function remoteError(error) {
   const e = new Error(error && error.message !== undefined ? error.message : String(error));
   if (error && error.stack) e.stack = error.stack;
+  if (error && error.name) e.name = error.name;
   return e;
 }
 
@@ -57,10 +59,10 @@ export class RpcCaller {
 
   /** Run `method(...args)` on the other side; resolves to its value, rejects with its error. */
   call(method, args = [], transfer = []) {
-    if (this.failure !== null) return Promise.reject(new Error(this.failure));
+    if (this.failure !== null) return Promise.reject(this._error());
     const id = this.next++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, method });
       try {
         this.port.postMessage({ id, method, args }, transfer);
       } catch (e) {
@@ -70,11 +72,23 @@ export class RpcCaller {
     });
   }
 
-  /** The other side is gone: reject every pending request and every later one with `message`. */
-  fail(message) {
+  /** The methods of the requests waiting for a reply, in the order they were sent. */
+  pendingMethods() {
+    return [...this.pending.values()].map((p) => p.method);
+  }
+
+  /** The other side is gone: reject every pending request and every later one with `message` (an Error
+   *  named `name` when given). */
+  fail(message, name = null) {
     this.failure = message;
-    for (const p of this.pending.values()) p.reject(new Error(message));
+    const error = () => {
+      const e = new Error(message);
+      if (name) e.name = name;
+      return e;
+    };
+    for (const p of this.pending.values()) p.reject(error());
     this.pending.clear();
+    this._error = error;
   }
 }
 

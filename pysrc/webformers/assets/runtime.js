@@ -65,7 +65,7 @@ export async function checkAssets(assetsUrl) {
 // the handlers of ort-core.js called in this thread, with RpcCaller's call() shape
 async function localCaller(assetsBase) {
   const { ortHandlers } = await import(new URL("ort-core.js", assetsBase).href);
-  const handlers = ortHandlers(null);
+  const handlers = watchDevice(ortHandlers(null), new URL("ort/ort.webgpu.min.mjs", assetsBase).href);
   return {
     async call(method, args = []) {
       const fn = handlers[method];
@@ -73,6 +73,66 @@ async function localCaller(assetsBase) {
       return transferValue(await fn(...args));
     },
     fail() {},
+  };
+}
+
+/** The error of a call on a WebGPU session once onnxruntime-web's GPUDevice is lost (name "DeviceLost"). */
+export function deviceLostError(lost, method) {
+  const e = new Error(`webformers: the WebGPU device onnxruntime-web uses was lost (${lost.reason}` +
+                      `${lost.message ? `: ${lost.message}` : ""}) during ${method}; its WebGPU sessions ` +
+                      "cannot run any more");
+  e.name = "DeviceLost";
+  return e;
+}
+
+/**
+ * ort-core.js's handlers, watching onnxruntime-web's GPUDevice (`ort.env.webgpu.device`, set once a WebGPU
+ * session exists): once the device is lost (`device.lost`, e.g. after `device.destroy()`), every run of a
+ * WebGPU session rejects at once with deviceLostError - also a run in flight, which may never settle on a
+ * lost device. Adds deviceLost() -> null | {reason, message}. WASM sessions keep running.
+ */
+export function watchDevice(handlers, ortUrl) {
+  let lost = null;
+  let onLost = null;
+  const whenLost = new Promise((resolve) => { onLost = resolve; });
+  let watching = null;
+  const watch = () => {
+    if (!watching) {
+      watching = (async () => {
+        const ort = await import(ortUrl);
+        const device = await (ort.env.webgpu || {}).device;
+        if (!device || !device.lost) return false;
+        device.lost.then((info) => {
+          lost = { reason: info && info.reason ? String(info.reason) : "unknown",
+                   message: info && info.message ? String(info.message) : "" };
+          onLost(lost);
+        });
+        return true;
+      })().then((ok) => ok || (watching = null), () => (watching = null));
+    }
+    return watching;
+  };
+  const usesGpu = (options) => ((options && options.executionProviders) || [])
+    .some((ep) => (typeof ep === "string" ? ep : ep && ep.name) === "webgpu");
+  return {
+    ...handlers,
+    async create(model, external, options) {
+      const gpu = usesGpu(options);
+      if (gpu && lost) throw deviceLostError(lost, "create");
+      const r = await handlers.create(model, external, options);
+      if (gpu) await watch();
+      return r;
+    },
+    // gpu: the session runs on WebGPU (the caller knows; warm-started sessions were made without this wrapper)
+    async run(sid, feeds, fetch, free, gpu = false) {
+      if (!gpu) return handlers.run(sid, feeds, fetch, free);
+      if (lost) throw deviceLostError(lost, "run");
+      await watch();
+      const running = handlers.run(sid, feeds, fetch, free);
+      running.catch(() => {});
+      return Promise.race([running, whenLost.then((l) => { throw deviceLostError(l, "run"); })]);
+    },
+    deviceLost: async () => lost,
   };
 }
 
@@ -109,30 +169,78 @@ export function launchRuntime(assetsUrl, options = {}) {
   const threads = options.threads ? Math.min(Number(options.threads), all) : all;
   const mode = inThread ? "in-thread" : "worker";
   const checked = checkAssets(base);
-  let rpc;
-  let callerReady;
+  const hostUrl = new URL("ort-host.js", base).href;
+  const ortUrl = new URL("ort/ort.webgpu.min.mjs", base).href;
+  let info = null;
+  const initialise = (caller, booted) => checked.then(() => caller.call("init", [threads, options.hooks || null]))
+    .then((r) => { booted.done = true; return (info = { ...r, mode }); }, (e) => {
+      const msg = e && e.message ? e.message : String(e);
+      throw new Error(msg.startsWith("webformers") ? msg : `onnxruntime-web (${ortUrl}) did not load: ${msg}`);
+    });
+
+  // The onnxruntime worker in use: {gen, caller, ready, worker}. gen counts the workers started (1, 2, ...).
+  // A worker that dies (an error event, a message that cannot be read, or the Web Lock it holds while it
+  // lives being released: it stopped or crashed) rejects its pending and later calls at once with an Error
+  // named "RuntimeCrashed"; the next call starts a new worker. In-thread there is one "worker", gen 1.
+  let generation = 0;
+  let current = null;
+  function startHost() {
+    const gen = ++generation;
+    const worker = new Worker(hostUrl, { type: "module" });
+    const caller = new RpcCaller(worker);
+    const booted = { done: false };
+    const died = (why) => {
+      if (caller.failure !== null) return;
+      const during = [...new Set(caller.pendingMethods())];
+      caller.fail(booted.done
+        ? `webformers: the onnxruntime worker (${hostUrl}) ${why}` +
+          `${during.length ? ` during ${during.join(", ")}` : " while idle"}; its sessions and tensors are gone: ` +
+          "the next call starts a new worker and models re-create their sessions from the cached files"
+        : `the onnxruntime worker (${hostUrl}) failed: ${why}`, "RuntimeCrashed");
+      worker.terminate();
+      if (current && current.gen === gen) current = null;
+    };
+    worker.addEventListener("error", (ev) => died(booted.done ? `failed (${ev.message || "script error"})`
+                                                                : ev.message || "script error"));
+    worker.addEventListener("messageerror", () => died("sent a message that could not be read"));
+    worker.addEventListener("message", (ev) => {
+      const m = ev.data;
+      if (m && m.type === "webformers-ort-alive" && typeof m.lock === "string" && self.navigator.locks) {
+        self.navigator.locks.request(m.lock, () => died("stopped"));
+      }
+    });
+    const ready = initialise(caller, booted);
+    ready.catch(() => {});
+    current = { gen, caller, ready, worker };
+    return current;
+  }
   if (inThread) {
     const local = checked.then(() => localCaller(base));
-    rpc = { call: (method, args) => local.then((c) => c.call(method, args)), fail() {} };
-    callerReady = local;
+    const caller = { call: (method, args) => local.then((c) => c.call(method, args)), fail() {} };
+    current = { gen: ++generation, caller, ready: local.then(() => initialise(caller, {})), worker: null };
+    current.ready.catch(() => {});
   } else {
-    const host = new Worker(new URL("ort-host.js", base), { type: "module" });
-    rpc = new RpcCaller(host);
-    host.onerror = (ev) => rpc.fail(`the onnxruntime worker (${new URL("ort-host.js", base).href}) failed: ` +
-                                    `${ev.message || "script error"}`);
-    callerReady = checked;
+    startHost();
   }
-  let info = null;
-  const ready = callerReady.then(() => rpc.call("init", [threads, options.hooks || null]))
-    .then((r) => (info = { ...r, mode }), (e) => {
-      const msg = e && e.message ? e.message : String(e);
-      throw new Error(msg.startsWith("webformers") ? msg
-        : `onnxruntime-web (${new URL("ort/ort.webgpu.min.mjs", base).href}) did not load: ${msg}`);
-    });
-  ready.catch(() => {});
-  const warmStarted = options.warm ? ready.then(() => rpc.call("warmStart", [options.warm])) : Promise.resolve(0);
+  const live = () => current || startHost();
+  const ready = current.ready;
+  const warmStarted = options.warm ? ready.then(() => current.caller.call("warmStart", [options.warm]))
+    : Promise.resolve(0);
   warmStarted.catch(() => {});
-  const call = (method, args, transfer) => ready.then(() => rpc.call(method, args, inThread ? [] : transfer));
+  // run `fn(host)` on the live worker once it is initialised (a new one when the last one died)
+  const onHost = (fn) => {
+    const h = live();
+    return h.ready.then(() => fn(h));
+  };
+  const call = (method, args, transfer) => onHost((h) => h.caller.call(method, args, inThread ? [] : transfer));
+  const isLive = (gen) => current !== null && current.gen === Number(gen);
+  const staleError = (what) => {
+    const e = new Error(`webformers: ${what} belonged to an onnxruntime worker that crashed; create it again`);
+    e.name = "RuntimeCrashed";
+    return e;
+  };
+  // The calls other modules make on the worker (web/worker.js hands this to its hooks): the live worker's
+  const rpc = { call, fail: (message) => current && current.caller.fail(message) };
 
   // What Python calls (backend/_ortweb.py): array data is copied out of the Python heap once and
   // transferred to the worker; metadata crosses back as JSON.
@@ -146,9 +254,13 @@ export function launchRuntime(assetsUrl, options = {}) {
                         "file?): load a model once and share it");
       }
       const transfer = [model, ...ext.map((e) => e.data)].filter(wholeBuffer).map((a) => a.buffer);
-      return JSON.stringify(await call("create", [model, ext, JSON.parse(optionsJson)], transfer));
+      return JSON.stringify(await onHost(async (h) => ({
+        ...(await h.caller.call("create", [model, ext, JSON.parse(optionsJson)], inThread ? [] : transfer)),
+        gen: h.gen,
+      })));
     },
-    // spec: JSON {sid, refs: {name: ref}, arrays: [[name, type, dims]], fetch, free}; arrays: numpy PyProxies
+    // spec: JSON {sid, gen, gpu, refs: {name: ref}, arrays: [[name, type, dims]], fetch, free}; arrays: numpy
+    // PyProxies. gen: the worker that made the session (a stale one rejects); gpu: it runs on WebGPU
     async run(specJson, ...arrays) {
       const spec = JSON.parse(specJson);
       const feeds = {};
@@ -161,7 +273,8 @@ export function launchRuntime(assetsUrl, options = {}) {
         feeds[name] = { type, data, dims };
         transfer.push(data.buffer);
       });
-      const r = await call("run", [spec.sid, feeds, spec.fetch, spec.free], transfer);
+      if (spec.gen != null && !isLive(spec.gen)) throw staleError(`session ${spec.sid}`);
+      const r = await call("run", [spec.sid, feeds, spec.fetch, spec.free, !!spec.gpu], transfer);
       const meta = [];
       const data = [];
       for (const [name, o] of Object.entries(r.outputs)) {
@@ -170,12 +283,30 @@ export function launchRuntime(assetsUrl, options = {}) {
       }
       return { meta: JSON.stringify({ outputs: meta, ms: r.ms }), data };
     },
-    release: (refs) => call("release", [Array.from(refs)]),
-    dispose: (sid) => call("dispose", [sid]),
-    adopt: async (key) => JSON.stringify(await call("adopt", [key])),
+    // refs / sid of a worker that is gone (gen) are dropped: the next worker reuses the numbers
+    release: async (refs, gen = null) => (gen == null || isLive(gen) ? call("release", [Array.from(refs)]) : null),
+    dispose: async (sid, gen = null) => (gen == null || isLive(gen) ? call("dispose", [sid]) : null),
+    adopt: async (key) => JSON.stringify(await onHost(async (h) => {
+      const r = await h.caller.call("adopt", [key]);
+      return r === null ? null : { ...r, gen: h.gen };
+    })),
     dropWarm: () => call("dropWarm"),
     remember: (model, module, planJson) => call("remember", [model, module, JSON.parse(planJson)]),
     info: () => info,
+    // whether worker `gen` is the one running (false once it crashed: its sessions are gone)
+    isLive,
+    // null, or {reason, message} once the live worker's WebGPU device was lost
+    deviceLost: () => (current === null ? Promise.resolve(null) : onHost((h) => h.caller.call("deviceLost"))),
+    // Test hooks (tests/test_recovery.py), worker mode only: "crash" stops the worker, "lose-device" destroys
+    // onnxruntime-web's GPUDevice; at "now", or "run": when the next run request arrives (crash: instead of
+    // answering it; lose-device: once it started)
+    testHook(name, at = "now") {
+      if (inThread || current === null) throw new Error(`testHook(${name}) needs a running onnxruntime worker`);
+      if (!["crash", "lose-device"].includes(name) || !["now", "run"].includes(at)) {
+        throw new Error(`testHook(${name}, ${at}): valid names: crash, lose-device; valid at: now, run`);
+      }
+      current.worker.postMessage({ type: "webformers-test-hook", name, at });
+    },
     adapterInfo: () => adapterInfo(info ? info.threads : threads),
     sha256: sha256Hex,
   };

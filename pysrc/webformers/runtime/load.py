@@ -20,6 +20,15 @@ Each session is created in an execution form (``runtime.forms``: ``execution="au
 (``reason``), ``est_peak_bytes``, ``expanded_matmuls``, ``expanded_weights`` and ``rewrite_ms``; it is left
 out when no form was chosen (``execution="auto"`` on CPython runs every stored file as it is).
 
+Recovery (browser): each session gets ``session.recovery``, a :class:`Recovery` holding what made it. After
+the onnxruntime worker crashed, a session's next run re-creates it in the new worker from the repo's files
+(read from the Cache API and sha256-checked by the store: no download). When the WebGPU device is lost, every
+session of the load is re-created on wasm (same files, same execution form; a ``warning`` event says so,
+``loaded.device`` and ``timings["device_lost"]`` too, and so do the ``owners``: e.g. the CausalLM, whose
+``device`` / ``load_timings`` / ``warnings`` follow) and the run in flight raises ``DeviceLost`` saying so;
+``strict=True`` keeps the error (no fallback). A load asked for WebGPU after the device was lost plans wasm
+(``strict=True`` with device="webgpu": DeviceLost).
+
 Warm start (browser): a session the backend created ahead of time for the same files and options
 (``backend.adopt_session``) is adopted instead of fetching and creating it; after creating a session
 from Cache API files, ``backend.remember_warm_start`` records how, for the next page.
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 
 from . import backend, forms, memory
 from .. import platform
+from ..platform.errors import DeviceLost
 from ..store import REPORT_PATH, LoadEvents, ModelRepo
 from .exec_form import SESSION_CONFIG
 from .onnx_info import onnx_opset, onnx_output_names, quantized_matmul_weights
@@ -58,6 +68,8 @@ class Loaded:
     #: "session:<module>" per InferenceSession created; "warm_started" (modules adopted) and "forms"
     #: ({module: execution form report} when a form was chosen, see the module docstring)
     timings: dict = field(default_factory=dict)
+    #: how the sessions are made again after a crash or a lost device (browser; see the module docstring)
+    recovery: "Recovery | None" = None
 
     def __getitem__(self, module: str):
         return self.sessions[module]
@@ -66,6 +78,78 @@ class Loaded:
         for s in self.sessions.values():
             s.dispose()
         self.sessions = {}
+
+
+class Recovery:
+    """Re-creates the sessions of one load: after a worker crash (same device) or a lost WebGPU device (wasm)."""
+
+    def __init__(self, repo: ModelRepo, loaded: "Loaded", files: dict, forms_by_module: dict, keep: dict,
+                 strict: bool, events: LoadEvents):
+        self.repo, self.loaded, self.files, self.forms, self.keep = repo, loaded, files, forms_by_module, keep
+        self.strict, self.events = strict, events
+        #: objects whose ``device``, ``load_timings`` and ``warnings`` follow a fallback (set when present)
+        self.owners: list = []
+        self._lock = asyncio.Lock()
+
+    def _module(self, session) -> str:
+        return next(m for m, s in self.loaded.sessions.items() if s is session)
+
+    async def _make(self, module: str, device: str):
+        main, *rest = _main_first(module, self.files[module])
+        datas = await asyncio.gather(*(self.repo.file(f) for f in (main, *rest)))
+        external = [{"path": f.rsplit("/", 1)[-1], "data": d} for f, d in zip(rest, datas[1:])]
+        t0 = time.perf_counter()
+        s = await backend.create_session(datas[0], device=device, external_data=external or None,
+                                         keep_on_device=self.keep.get(module, []) if device == "webgpu" else [],
+                                         form=self.forms[module])
+        self.loaded.timings[f"session:{module}"] = round((time.perf_counter() - t0) * 1000, 1)
+        return s
+
+    async def recreate(self, session) -> None:
+        """Make ``session`` again on its device in the running worker (its old worker crashed)."""
+        async with self._lock:
+            if not session.crashed:  # another call re-created it meanwhile
+                return
+            module = self._module(session)
+            session.replace_with(await self._make(module, session.device))
+            self.loaded.timings.setdefault("recovered", []).append(module)
+            for o in self.owners:
+                if hasattr(o, "load_timings"):
+                    o.load_timings.update(self.loaded.timings)
+
+    async def device_lost(self, session, message: str) -> None:
+        """The WebGPU device of ``session`` was lost: re-create every session of the load on wasm (unless
+        strict), then raise DeviceLost saying what happened."""
+        if self.strict:
+            raise DeviceLost(f"{message}. strict=True: no fallback to wasm; load the model again with "
+                             "device='wasm', or reload the page for a new WebGPU device")
+        async with self._lock:
+            if self.loaded.device == "webgpu":
+                for m, s in self.loaded.sessions.items():
+                    fresh = await self._make(m, "wasm")
+                    s.dispose()
+                    s.replace_with(fresh)
+                warning = (f"{self.repo.model}: the WebGPU device was lost; the model's sessions were "
+                           "re-created on wasm from the cached files (strict=True turns this fallback off)")
+                self.loaded.device = "wasm"
+                self.loaded.warnings.append(warning)
+                self.loaded.timings["device_lost"] = {"message": message, "fallback": "wasm"}
+                for o in self.owners:
+                    o.device = "wasm"
+                    if hasattr(o, "warnings"):
+                        o.warnings.append(warning)
+                    if hasattr(o, "load_timings"):
+                        o.load_timings.update(self.loaded.timings)
+                await self.events.warning(warning)
+        raise DeviceLost(f"{message}. The model now runs on wasm (its sessions were re-created there): call again")
+
+
+async def _device_lost() -> dict | None:
+    """The browser runtime's lost WebGPU device ({"reason", "message"}), or None."""
+    if not platform.IN_BROWSER:
+        return None
+    from .backend import _ortweb
+    return await _ortweb.device_lost()
 
 
 def _main_first(module: str, files: list[str]) -> list[str]:
@@ -112,6 +196,12 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     form_request = forms.check_form_args(execution, max_memory)
     if adapter is None:
         adapter = ADAPTER_OVERRIDE if ADAPTER_OVERRIDE is not None else await backend.adapter_info()
+    lost = await _device_lost()
+    if lost is not None and adapter.get("webgpu") and device in ("auto", "webgpu"):
+        if strict and device == "webgpu":
+            raise DeviceLost(f"{repo.model}: device='webgpu' but the WebGPU device was lost ({lost['reason']}) "
+                             "(strict=True); use device='wasm', or reload the page for a new WebGPU device")
+        adapter = {**adapter, "webgpu": False}  # the plan then says wasm (with its warning for device='webgpu')
     # the report only matters when some module may end up "auto" (a mapping can leave modules out)
     report = await repo.optional_json(REPORT_PATH) if request.may_be_auto else None
     plan = select_dtypes(repo.manifest, modules, dtype=request, device=device, adapter=adapter, strict=strict,
@@ -204,5 +294,13 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
         await backend.drop_warm_sessions()
     loaded = Loaded(sessions=sessions, dtypes=dict(plan.dtypes), device=plan.device, warnings=warnings,
                     files=all_files, adapter=dict(adapter), bytes=plan.bytes, timings=timings)
+    if platform.IN_BROWSER:
+        keep = {m: list(keep_on_device.get(m, ())) if keep_on_device is not None
+                else [n for n in s.output_names if n.startswith("present")] for m, s in sessions.items()}
+        loaded.recovery = Recovery(repo, loaded, dict(plan.files), {m: s.form["form"] for m, s in sessions.items()},
+                                   keep, strict, events)
+        for m, s in sessions.items():
+            s.label = f"{repo.model} {m} ({plan.dtypes[m]} on {plan.device})"
+            s.recovery = loaded.recovery
     await events.ready(dtypes=loaded.dtypes, device=loaded.device)
     return loaded

@@ -159,7 +159,8 @@ class CausalLM:
         the cache); else free it: (0, None). The model keeps no cache afterwards."""
         kept, ids = self._kv, self._kv_ids
         self._kv = self._kv_ids = None
-        if kept is not None and ids is not None and len(ids) < len(prompt) and prompt[:len(ids)] == ids:
+        lost = kept is not None and any(getattr(v, "lost", False) for v in kept.values())  # crashed / device lost
+        if kept is not None and ids is not None and not lost and len(ids) < len(prompt) and prompt[:len(ids)] == ids:
             return len(ids), kept
         self.release(kept)
         return 0, None
@@ -337,4 +338,6 @@ class AutoModelForCausalLM:
             loaded.dispose()
             raise
         lm.load_timings = dict(loaded.timings)
+        if loaded.recovery is not None:  # a fallback (lost WebGPU device) updates device / load_timings / warnings
+            loaded.recovery.owners.append(lm)
         return lm

@@ -20,6 +20,13 @@ Warm start: after a load, :func:`remember_warm_start` stores which files and opt
 a page that names the model when it starts the worker (``WebformersClient({warmStart})``) has the
 onnxruntime worker create those sessions while Pyodide boots, and :func:`adopt_session` hands one over
 when Python asks for a session with the same key (files checked against their sha256 first).
+
+Recovery: a session and its tensors belong to one onnxruntime worker (``gen``). When that worker dies, its
+calls raise :class:`~webformers.platform.errors.RuntimeCrashed` at once and runtime.js starts a new worker
+on the next call; a session given a ``recovery`` (``runtime.load`` does) is re-created there from the cached
+files before its next run. When the WebGPU device is lost, the WebGPU run raises
+:class:`~webformers.platform.errors.DeviceLost` after the recovery re-created the model's sessions on wasm
+(or not, with ``strict=True``). Test hooks: :func:`test_hook`.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import numpy as np
 from pyodide.ffi import JsException, JsProxy, to_js  # type: ignore[import-not-found]
 
 from ... import config
+from ...platform.errors import DeviceLost, RuntimeCrashed
 from ..exec_form import FORMS
 
 backend_name = "onnxruntime-web"
@@ -165,7 +173,15 @@ async def adapter_info() -> dict:
 # ------------------------------------------------------------------------- tensors kept in the worker
 
 _to_free: list[int] = []
+_free_gen = None  # the worker the refs in _to_free belong to
 _flush_scheduled = False
+#: workers whose WebGPU device was lost (their gpu-buffer tensors are gone)
+_lost_gpu: set = set()
+
+
+def _is_live(gen) -> bool:
+    rt = _started_runtime()
+    return gen is None or rt is None or not hasattr(rt, "isLive") or bool(rt.isLive(gen))
 
 
 def _flush() -> None:
@@ -174,11 +190,13 @@ def _flush() -> None:
     if _to_free:
         refs = to_js(_to_free[:])
         _to_free.clear()
-        _started_runtime().release(refs)
+        rt = _started_runtime()
+        rt.release(refs, _free_gen) if _free_gen is not None else rt.release(refs)
 
 
-def _take_frees() -> list[int]:
-    out = _to_free[:]
+def _take_frees(gen) -> list[int]:
+    """The refs to free with a run on worker ``gen`` (refs of another worker are dropped: it is gone)."""
+    out = _to_free[:] if gen == _free_gen else []
     _to_free.clear()
     return out
 
@@ -186,21 +204,31 @@ def _take_frees() -> list[int]:
 class RemoteTensor:
     """An output left in the onnxruntime worker (CPU memory there, or a GPU buffer under WebGPU)."""
 
-    __slots__ = ("ref", "type", "dims", "location", "_live")
+    __slots__ = ("ref", "type", "dims", "location", "gen", "_live")
 
-    def __init__(self, ref: int, type: str, dims: list, location: str):
-        self.ref, self.type, self.dims, self.location = ref, type, tuple(dims), location
+    def __init__(self, ref: int, type: str, dims: list, location: str, gen=None):
+        self.ref, self.type, self.dims, self.location, self.gen = ref, type, tuple(dims), location, gen
         self._live = True
 
     def __repr__(self) -> str:
         return f"RemoteTensor({self.type}{list(self.dims)} on {self.location})"
 
+    @property
+    def lost(self) -> bool:
+        """Gone with its worker (crashed) or its WebGPU device (lost)."""
+        return not _is_live(self.gen) or (self.location == "gpu-buffer" and self.gen in _lost_gpu)
+
     def release(self) -> None:
         """Free it in the worker (batched: sent with the next run, or at the next turn of the event loop)."""
-        global _flush_scheduled
+        global _flush_scheduled, _free_gen
         if not self._live:
             return
         self._live = False
+        if not _is_live(self.gen):  # gone with its worker
+            return
+        if self.gen != _free_gen:  # a new worker: the refs kept for the old one are gone with it
+            _to_free.clear()
+            _free_gen = self.gen
         _to_free.append(self.ref)
         if not _flush_scheduled:
             _flush_scheduled = True
@@ -237,29 +265,61 @@ _NATIVE = {"form": "native", "changed": 0, "weights": 0, "rewrite_ms": 0.0}
 
 
 class Session:
-    def __init__(self, sid: int, info: dict, device: str, form: dict | None = None, choice: dict | None = None):
-        self._sid = sid
+    """A session in the onnxruntime worker ``gen``. ``label`` names it in errors; ``recovery`` (set by
+    ``runtime.load``): ``await recovery.recreate(session)`` makes it again in a new worker after a crash,
+    ``await recovery.device_lost(session, message)`` handles a lost WebGPU device (and raises)."""
+
+    def __init__(self, sid: int, info: dict, device: str, form: dict | None = None, choice: dict | None = None,
+                 gen=None):
+        self.label = "a session"
+        self.recovery = None
+        self._set(sid, info, device, form, gen)
+        #: a warm-started session's form choice, as recorded when it was made (runtime.forms.FormChoice.as_dict)
+        self.choice = choice
+        #: onnxruntime's own time for the last run (ms, the onnxruntime worker's clock)
+        self.last_run_ms = None
+
+    def _set(self, sid: int, info: dict, device: str, form: dict | None, gen) -> None:
+        self._sid, self._gen = sid, gen
         self.device = device
         #: the execution form it was created in (see runtime.backend: create_session)
         self.form = form or dict(_NATIVE)
-        #: a warm-started session's form choice, as recorded when it was made (runtime.forms.FormChoice.as_dict)
-        self.choice = choice
         self.input_names = list(info["inputNames"])
         self.output_names = list(info["outputNames"])
         # element types in onnxruntime's spelling ("tensor(float16)"), like the CPython backend
         self.input_types = {m["name"]: "tensor(float)" if m["type"] == "float32" else f"tensor({m['type']})"
                             for m in info.get("inputMetadata") or []}
-        #: onnxruntime's own time for the last run (ms, the onnxruntime worker's clock)
-        self.last_run_ms = None
+
+    def replace_with(self, other: "Session") -> None:
+        """Take over ``other``'s session in the worker (a re-created one); this object stays the model's."""
+        self._set(other._sid, {"inputNames": other.input_names, "outputNames": other.output_names}, other.device,
+                  other.form, other._gen)
+        self.input_types = dict(other.input_types)
+        other._sid = None
+
+    @property
+    def crashed(self) -> bool:
+        """Its worker is gone (the session with it)."""
+        return self._sid is not None and not _is_live(self._gen)
 
     async def run(self, feeds: dict, fetch=None) -> dict:
         if self._sid is None:
             raise RuntimeError("this session was disposed")
+        rt = await runtime()
+        if self.crashed:
+            if self.recovery is None:
+                raise RuntimeCrashed(f"{self.label} was lost with the onnxruntime worker, which crashed; "
+                                     "create the session again")
+            await self.recovery.recreate(self)
         refs, specs, arrays = {}, [], []
         for name, value in feeds.items():
             if isinstance(value, RemoteTensor):
                 if not value._live:
                     raise ValueError(f"input {name!r}: {value!r} was released")
+                if value.lost:
+                    raise RuntimeCrashed(f"{self.label}: input {name!r}: {value!r} was lost with the onnxruntime "
+                                         "worker (crashed) or the WebGPU device (lost) that held it; run again "
+                                         "without it (a generation starts over)")
                 refs[name] = value.ref
                 continue
             arr = np.ascontiguousarray(value)
@@ -270,9 +330,22 @@ class Session:
                                 f"supported: {', '.join(str(d) for d in _TO_ORT)}") from None
             specs.append([name, ort_type, list(arr.shape)])
             arrays.append((arr.view(view) if view is not None else arr).reshape(-1))
-        spec = json.dumps({"sid": self._sid, "refs": refs, "arrays": specs,
-                           "fetch": None if fetch is None else list(fetch), "free": _take_frees()})
-        res = await (await runtime()).run(spec, *arrays)
+        spec = json.dumps({"sid": self._sid, "gen": self._gen, "gpu": self.device == "webgpu", "refs": refs,
+                           "arrays": specs, "fetch": None if fetch is None else list(fetch),
+                           "free": _take_frees(self._gen)})
+        try:
+            res = await rt.run(spec, *arrays)
+        except JsException as e:
+            kind = str(getattr(e, "name", "") or "")
+            if kind == "RuntimeCrashed":
+                raise RuntimeCrashed(f"{self.label}: {e.message}") from None
+            if kind == "DeviceLost":
+                _lost_gpu.add(self._gen)
+                message = f"{self.label}: {e.message}"
+                if self.recovery is not None:
+                    await self.recovery.device_lost(self, message)  # raises DeviceLost
+                raise DeviceLost(message) from None
+            raise
         meta = json.loads(res.meta)
         self.last_run_ms = meta["ms"]
         out = {}
@@ -280,12 +353,13 @@ class Session:
             if ref is None:
                 out[name] = _numpy(res.data[where], ort_type, dims)
             else:
-                out[name] = RemoteTensor(ref, ort_type, dims, where)
+                out[name] = RemoteTensor(ref, ort_type, dims, where, self._gen)
         return out
 
     def dispose(self) -> None:
         if self._sid is not None:
-            _started_runtime().dispose(self._sid)
+            rt = _started_runtime()
+            rt.dispose(self._sid, self._gen) if self._gen is not None else rt.dispose(self._sid)
             self._sid = None
 
 
@@ -312,7 +386,7 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
     rt = await runtime()
     r = json.loads(await rt.create(model, external or None,
                                          json.dumps(_options(device, keep_on_device, form))))
-    return Session(r["sid"], r["info"], device, r.get("form"))
+    return Session(r["sid"], r["info"], device, r.get("form"), gen=r.get("gen"))
 
 
 # ------------------------------------------------------------------------------------------ warm start
@@ -320,7 +394,25 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
 async def adopt_session(key: str, device: str) -> Session | None:
     """The session the onnxruntime worker created for ``key`` during boot, if any."""
     r = json.loads(await (await runtime()).adopt(key))
-    return None if r is None else Session(r["sid"], r["info"], device, r.get("form"), r.get("choice"))
+    return None if r is None else Session(r["sid"], r["info"], device, r.get("form"), r.get("choice"), r.get("gen"))
+
+
+async def device_lost() -> dict | None:
+    """None, or ``{"reason", "message"}`` once the running worker's WebGPU device was lost."""
+    rt = _started_runtime()
+    if rt is None or not hasattr(rt, "deviceLost"):
+        return None
+    lost = await rt.deviceLost()
+    return None if lost is None else lost.to_py()
+
+
+def test_hook(name: str, at: str = "now") -> None:
+    """Tests only (tests/test_recovery.py): ``"crash"`` stops the onnxruntime worker, ``"lose-device"`` destroys
+    onnxruntime-web's GPUDevice; ``at="now"``, or ``"run"``: at the next run request."""
+    rt = _started_runtime()
+    if rt is None:
+        raise RuntimeError("test_hook: the browser runtime has not started (load a model first)")
+    rt.testHook(name, at)
 
 
 async def drop_warm_sessions() -> None:

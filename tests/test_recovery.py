@@ -1,0 +1,150 @@
+"""Recovery in a real browser (the demo's worker, served site, offline): the onnxruntime worker crashing
+mid-generation and the WebGPU device being lost.
+
+- crash (test hook: the onnxruntime worker stops when a run request arrives, after a few tokens): the
+  generation raises RuntimeCrashed naming the session and the restart; the next ``generate`` on the same model
+  and a new ``pipeline(...)`` give the tokens of before (CPython onnxruntime's greedy), their sessions made
+  again from the Cache API (the server sees no model file requested);
+- device lost (test hook: ``device.destroy()`` on onnxruntime-web's GPUDevice during a WebGPU run): the
+  generation raises DeviceLost; by default the model's sessions are re-created on wasm (a warning event,
+  ``model.device`` and ``load_timings`` say so) and the next call gives CPython's greedy tokens for that
+  variant; with ``strict=True`` the error says there is no fallback and the model stays unusable.
+"""
+from __future__ import annotations
+
+import pytest
+
+from helpers import SITE, PageSession, origin_violations, run_py
+
+pytestmark = pytest.mark.browser
+
+TINY = "webformers/tiny-random-llama"
+PROMPT = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203]
+NEW = 8
+
+
+def _reference(dtype: str) -> list[int]:
+    from webformers.toolchain import reference_greedy
+    return [int(t) for t in reference_greedy(SITE / "models" / TINY, dtype, PROMPT, NEW)][-NEW:]
+
+
+# a streamer that arms a test hook once `after` tokens were generated (the hook fires at the next run)
+ARM = """
+from webformers.runtime.backend import _ortweb
+
+class _Arm:
+    def __init__(self, hook, after):
+        self.hook, self.after, self.n = hook, after, -1  # the first put() is the prompt
+    def put(self, ids):
+        self.n += 1
+        if self.n == self.after:
+            _ortweb.test_hook(self.hook, "run")
+    def end(self):
+        pass
+
+async def _tokens(m, **kw):
+    out = await m.generate({prompt!r}, max_new_tokens={new}, do_sample=False, **kw)
+    return [int(x) for x in out[0, {n_prompt}:]]
+
+async def _failing(m, hook, after):
+    _streamer = _Arm(hook, after)
+    try:
+        await _tokens(m, streamer=_streamer)
+    except Exception as e:
+        return [type(e).__name__, str(e), _streamer.n]
+    return None
+""".format(prompt=PROMPT, new=NEW, n_prompt=len(PROMPT))
+
+
+def _model_requests(server, before: int) -> list[str]:
+    """Model files (.onnx, .onnx_data*) the server was asked for since ``before`` (a new repo's manifest is
+    fetched network-first, which is no model byte)."""
+    return [r["path"] for r in server.log[before:] if r["path"].startswith(f"/models/{TINY}/")
+            and (r["path"].endswith(".onnx") or ".onnx_data" in r["path"])]
+
+
+@pytest.fixture
+def page(browser, server):
+    s = PageSession(browser, server)
+    run_py(s, ARM + "None")
+    yield s
+    s.close()
+
+
+def test_crash_mid_generation_restarts_the_runtime_and_recreates_sessions_from_the_cache(page, server):
+    want = _reference("q4")
+    got = run_py(page, f"""
+from webformers import AutoModelForCausalLM
+_m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="wasm", strict=True)
+await _tokens(_m)
+""")
+    assert got == want
+    before = len(server.log)
+    err = run_py(page, "await _failing(_m, 'crash', 3)")
+    assert err is not None, "the generation did not fail although the onnxruntime worker stopped"
+    kind, message, tokens = err
+    assert kind == "RuntimeCrashed", err
+    assert tokens == 3, err  # it failed at the run after the third token, not later
+    assert f"{TINY} model (q4 on wasm)" in message and "onnxruntime worker" in message, message
+    assert "during run" in message and "next call starts a new worker" in message, message
+    # the same model object: sessions re-created in the new worker, the same tokens, no model file fetched
+    again = run_py(page, """
+[await _tokens(_m), _m.load_timings.get("recovered"), _ortweb.runtime_info()["mode"]]
+""")
+    assert again == [want, ["model"], "worker"], again
+    # a new pipeline after another crash (while idle) loads from the cache too
+    got_pipe = run_py(page, f"""
+_ortweb.test_hook("crash")
+from webformers import pipeline
+import asyncio
+await asyncio.sleep(0.5)
+_p = await pipeline("text-generation", {TINY!r}, dtype="q4", device="wasm")
+_ids = await _p.model.generate({PROMPT!r}, max_new_tokens={NEW}, do_sample=False)
+[[int(x) for x in _ids[0, {len(PROMPT)}:]], await _tokens(_m)]
+""")
+    assert got_pipe == [want, want]
+    assert _model_requests(server, before) == [], "recovery downloaded model files again"
+    assert not origin_violations(page)
+
+
+def test_device_lost_falls_back_to_wasm(page, server):
+    want = _reference("q4")
+    before = len(server.log)
+    res = run_py(page, f"""
+from webformers import AutoModelForCausalLM
+import webformers
+_events = []
+_m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu", strict=False,
+                                                progress_callback=_events.append)
+_first = await _tokens(_m)
+_dev0 = _m.device
+_err = await _failing(_m, "lose-device", 2)
+[_first, _dev0, _err, _m.device, _m.load_timings.get("device_lost"),
+ [e["message"] for e in _events if e.get("status") == "warning"]]
+""")
+    first, dev0, err, dev1, lost, warnings = res
+    assert (first, dev0) == (want, "webgpu")
+    assert err is not None and err[0] == "DeviceLost", err
+    assert "WebGPU device" in err[1] and "was lost" in err[1] and "now runs on wasm" in err[1], err
+    assert dev1 == "wasm" and lost and lost["fallback"] == "wasm", res
+    assert any("re-created on wasm" in w for w in warnings), warnings
+    again = run_py(page, "[await _tokens(_m), _m.session.device, _m.last_generation_stats['device']]")
+    assert again == [want, "wasm", "wasm"]
+    assert _model_requests(server, before) == [], "the fallback downloaded model files again"
+    assert not origin_violations(page)
+
+
+def test_device_lost_with_strict_keeps_the_error(page):
+    res = run_py(page, f"""
+from webformers import AutoModelForCausalLM
+_m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu", strict=True)
+_first = await _tokens(_m)
+_err = await _failing(_m, "lose-device", 2)
+_err2 = await _failing(_m, "none", 99)
+[_err, _err2, _m.device]
+""")
+    err, err2, device = res
+    assert err is not None and err[0] == "DeviceLost", err
+    assert "strict=True: no fallback" in err[1] and "device='wasm'" in err[1], err
+    assert err2 is not None and err2[0] == "DeviceLost", err2  # still no fallback on the next call
+    assert device == "webgpu"
