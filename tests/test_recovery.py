@@ -109,13 +109,15 @@ _ids = await _p.model.generate({PROMPT!r}, max_new_tokens={NEW}, do_sample=False
 
 def test_device_lost_falls_back_to_wasm(page, server):
     want = _reference("q4")
-    before = len(server.log)
-    res = run_py(page, f"""
+    run_py(page, f"""
 from webformers import AutoModelForCausalLM
-import webformers
 _events = []
 _m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu", strict=False,
                                                 progress_callback=_events.append)
+None
+""")
+    before = len(server.log)
+    res = run_py(page, """
 _first = await _tokens(_m)
 _dev0 = _m.device
 _err = await _failing(_m, "lose-device", 2)

@@ -91,6 +91,7 @@ export function deviceLostError(lost, method) {
  * WebGPU session rejects at once with deviceLostError - also a run in flight, which may never settle on a
  * lost device. Adds deviceLost() -> null | {reason, message}. WASM sessions keep running.
  */
+const LOST_GRACE_MS = 1000;
 export function watchDevice(handlers, ortUrl) {
   let lost = null;
   let onLost = null;
@@ -128,8 +129,11 @@ export function watchDevice(handlers, ortUrl) {
       if (!gpu) return handlers.run(sid, feeds, fetch, free);
       if (lost) throw deviceLostError(lost, "run");
       await watch();
-      const running = handlers.run(sid, feeds, fetch, free);
-      running.catch(() => {});
+      const running = handlers.run(sid, feeds, fetch, free).catch(async (e) => {
+        // a run can fail on the lost device before `device.lost` settles: give it a moment to
+        const l = await Promise.race([whenLost, new Promise((resolve) => setTimeout(resolve, LOST_GRACE_MS))]);
+        throw l ? deviceLostError(l, "run") : e;
+      });
       return Promise.race([running, whenLost.then((l) => { throw deviceLostError(l, "run"); })]);
     },
     deviceLost: async () => lost,
