@@ -1,7 +1,10 @@
 // The benchmark page (bench.html): one measured run per page load, configured by the query string
-//   ?lib=webformers|transformers.js&model=ID&dtype=q4&device=wasm&threads=1|default&max_new_tokens=32
+//   ?lib=webformers|transformers.js|wllama&model=ID&dtype=q4&device=wasm&threads=1|default&max_new_tokens=32
 //    &execution=auto|native|fp32 (webformers' execution form, see runtime/forms.py; default auto)
 //    &ids=1,2,3 (prompt token ids; or &prompt=text, tokenized by the library itself)
+//    &prompts_url=URL (instead of ids: a JSON {ids, text, long_ids?, long_text?} fetched before the run;
+//      text is the ids' text, for wllama; long_*: a second, ~1,000-token prompt generated after the first)
+//    &gguf_url=URL (wllama: the GGUF to load; the same weights as the ONNX files)
 //    &generate=0 (load only: the cold runs, which measure loading from an empty cache)
 //    &encode_url=URL (after generating: time encoding that text, the tokenizer benchmark)
 // window.benchResult is set to {ok: true, ...figures} or {ok: false, error} when the run ends.
@@ -11,6 +14,7 @@
 // bench/tjs-host.js.
 import { RpcCaller } from "../webformers/rpc.js";
 import { WebformersClient } from "../wf-client.js";
+import { WllamaHost } from "./wllama-host.js";
 
 const PY_LOAD = (a) => `
 import js, json
@@ -128,12 +132,35 @@ function snapshotSaved(wf, timeoutMs) {
   });
 }
 
+/** The figures of one generation from its token arrival times (page clock) and its start time. */
+function genFigures(tokens, tGen, promptTokens) {
+  const f = { new_tokens: tokens.length };
+  if (tokens.length) {
+    f.ttft_ms = tokens[0] - tGen;
+    f.page_to_first_token_ms = tokens[0];
+    if (promptTokens) f.prefill_tokens_per_s = promptTokens / (f.ttft_ms / 1000);
+  }
+  if (tokens.length > 1) {
+    f.decode_tokens_per_s = (tokens.length - 1) / ((tokens[tokens.length - 1] - tokens[0]) / 1000);
+  }
+  return f;
+}
+
 /** One run: start the library, load the model, generate; returns the figures (ms on the page clock). */
 export async function runBench(cfg, log = () => {}) {
   const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, execution: cfg.execution,
               threads: cfg.threads, max_new_tokens: cfg.max_new_tokens, cross_origin_isolated: self.crossOriginIsolated };
-  const tokens = [];
-  let tGen = 0;
+  let tokens = [];
+  const onToken = () => tokens.push(performance.now());
+  const hasLong = !!(cfg.long_ids && cfg.long_ids.length);
+  // one generation: `run(ids, text)` resolves to {ids, prompt_ids?, text, ...}; figures from the token clock
+  const timedGeneration = async (run, ids, text) => {
+    tokens = [];
+    const tGen = performance.now();
+    const g = await run(ids, text);
+    g.gen_ms = performance.now() - tGen;
+    return { g, f: genFigures(tokens, tGen, (g.prompt_ids || ids || []).length) };
+  };
   let lib;
   if (cfg.lib === "webformers") {
     // both workers install bench/probe.js (memory, run times); warm start for the model we load
@@ -141,7 +168,7 @@ export async function runBench(cfg, log = () => {}) {
                                       ...(cfg.threads ? { threads: cfg.threads } : {}) });
     window.wf = wf;
     wf.addEventListener("wf-event", (e) => {
-      if (e.detail && e.detail.status === "bench-token") tokens.push(performance.now());
+      if (e.detail && e.detail.status === "bench-token") onToken();
     });
     log("booting webformers (Pyodide + onnxruntime-web)…");
     r.boot = await wf.ready;
@@ -150,17 +177,26 @@ export async function runBench(cfg, log = () => {}) {
     const t0 = performance.now();
     r.loaded = await wf.runPython(PY_LOAD(cfg));
     r.load_ms = performance.now() - t0;
+    const gen = async (ids) => {
+      await wf.call("benchOrtRuns");  // clears the run times before this generation
+      const g = await wf.runPython(PY_GENERATE({ ...cfg, ids }));
+      g.ort_run_ms = await wf.call("benchOrtRuns");
+      return g;
+    };
     if (cfg.generate !== false) {
       log("generating…");
-      await wf.call("benchOrtRuns");  // clears the run times of the load
-      tGen = performance.now();
-      const g = await wf.runPython(PY_GENERATE(cfg));
-      r.gen_ms = performance.now() - tGen;
-      const ort_run_ms = await wf.call("benchOrtRuns");
-      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats, ort_run_ms });
+      const { g, f } = await timedGeneration(gen, cfg.ids);
+      Object.assign(r, f, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, stats: g.stats,
+                            ort_run_ms: g.ort_run_ms, gen_ms: g.gen_ms });
       if (cfg.encode_url) r.encode = await wf.runPython(PY_ENCODE(cfg.encode_url));
     }
     r.memory = { ...await wf.call("benchMemory"), ...await pageMemory() };
+    if (cfg.generate !== false && hasLong) {
+      log("generating after the long prompt…");
+      const { g, f } = await timedGeneration(gen, cfg.long_ids);
+      r.long = { ...f, ids: g.ids, prompt_tokens: g.prompt_ids.length, ort_run_ms: g.ort_run_ms, gen_ms: g.gen_ms,
+                 stats: g.stats, memory: { ...await wf.call("benchMemory"), ...await pageMemory() } };
+    }
     // which Python boot ran (webformers/pyboot.js: snapshot / fresh) and its steps; after a fresh boot, the
     // visit lasts until the snapshot for the next one is saved (as a user's first visit would)
     r.python_boot = Object.fromEntries(Object.entries(r.boot).filter(([k]) => k !== "ort_version"));
@@ -169,7 +205,7 @@ export async function runBench(cfg, log = () => {}) {
     lib = { name: "webformers", ort_version: r.boot.ort_version, pyodide_version: r.boot.pyodide_version };
   } else if (cfg.lib === "transformers.js") {
     const w = new TjsWorker();
-    w.onToken = () => tokens.push(performance.now());
+    w.onToken = onToken;
     log("starting transformers.js…");
     await w.alive;
     const info = await w.call("init", { threads: cfg.threads, ort: cfg.tjs_ort });
@@ -178,31 +214,64 @@ export async function runBench(cfg, log = () => {}) {
     const t0 = performance.now();
     r.loaded = await w.call("load", cfg);
     r.load_ms = performance.now() - t0;
+    const gen = (ids) => w.call("generate", { ...cfg, ids });
     if (cfg.generate !== false) {
       log("generating…");
-      tGen = performance.now();
-      const g = await w.call("generate", cfg);
-      r.gen_ms = performance.now() - tGen;
-      Object.assign(r, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms });
+      const { g, f } = await timedGeneration(gen, cfg.ids);
+      Object.assign(r, f, { ids: g.ids, prompt_ids: g.prompt_ids, text: g.text, ort_run_ms: g.ort_run_ms,
+                            gen_ms: g.gen_ms });
       if (cfg.encode_url) r.encode = await w.call("encodeBench", { url: cfg.encode_url });
     }
     r.memory = { ...await w.call("memory"), ...await pageMemory() };
+    if (cfg.generate !== false && hasLong) {
+      log("generating after the long prompt…");
+      const { g, f } = await timedGeneration(gen, cfg.long_ids);
+      r.long = { ...f, ids: g.ids, prompt_tokens: g.prompt_ids.length, ort_run_ms: g.ort_run_ms, gen_ms: g.gen_ms,
+                 memory: { ...await w.call("memory"), ...await pageMemory() } };
+    }
     w.worker.terminate();
     lib = { name: "transformers.js", version: info.version, ort: info.ort, ort_version: info.ort_version };
+  } else if (cfg.lib === "wllama") {
+    if (!cfg.gguf_url) throw new Error("wllama needs gguf_url (the GGUF of the model)");
+    if (cfg.generate !== false && !cfg.text) throw new Error("wllama needs the prompt as text (prompts_url with text)");
+    log("starting wllama…");
+    const w = await WllamaHost.start({ threads: cfg.threads });
+    r.page_ready_ms = performance.now();
+    log("loading the GGUF…");
+    const t0 = performance.now();
+    // context: the longest prompt plus the new tokens, in whole 256-token blocks
+    const need = Math.max(cfg.ids ? cfg.ids.length : 0, hasLong ? cfg.long_ids.length : 0) + cfg.max_new_tokens;
+    r.loaded = { ...await w.load({ url: cfg.gguf_url, n_ctx: Math.max(512, Math.ceil(need / 256) * 256) }) };
+    r.loaded.n_ctx = Math.max(512, Math.ceil(need / 256) * 256);
+    r.load_ms = performance.now() - t0;
+    const gen = async (ids, text) => {
+      const g = await w.generate({ text, max_new_tokens: cfg.max_new_tokens, onToken });
+      // wllama tokenized the text itself: its count must be the ids' count for the same prompt
+      g.prompt_tokens_equal = g.prompt_tokens === ids.length;
+      return g;
+    };
+    if (cfg.generate !== false) {
+      log("generating…");
+      const { g, f } = await timedGeneration(gen, cfg.ids, cfg.text);
+      Object.assign(r, f, { ids: g.ids, prompt_ids: cfg.ids, text: g.text, wllama_prompt_tokens: g.prompt_tokens,
+                            prompt_tokens_equal: g.prompt_tokens_equal, engine_timings: g.timings, gen_ms: g.gen_ms });
+    }
+    r.memory = await pageMemory();
+    if (cfg.generate !== false && hasLong) {
+      log("generating after the long prompt…");
+      const { g, f } = await timedGeneration(gen, cfg.long_ids, cfg.long_text);
+      r.long = { ...f, ids: g.ids, prompt_tokens: cfg.long_ids.length, wllama_prompt_tokens: g.prompt_tokens,
+                 prompt_tokens_equal: g.prompt_tokens_equal, engine_timings: g.timings, gen_ms: g.gen_ms,
+                 memory: await pageMemory() };
+    }
+    r.wllama_log = w.log.filter((l) => !l.startsWith("log:")).slice(0, 10);
+    await w.exit();
+    lib = { name: "wllama", version: "3.13.0", libllama: r.loaded.libllama };
   } else {
-    throw new Error(`unknown lib ${JSON.stringify(cfg.lib)}; valid: webformers, transformers.js`);
+    throw new Error(`unknown lib ${JSON.stringify(cfg.lib)}; valid: webformers, transformers.js, wllama`);
   }
   r.library = lib;
-  r.new_tokens = tokens.length;
   r.prompt_tokens = r.prompt_ids ? r.prompt_ids.length : null;
-  if (tokens.length) {
-    r.ttft_ms = tokens[0] - tGen;
-    r.page_to_first_token_ms = tokens[0];
-    r.prefill_tokens_per_s = r.prompt_tokens / (r.ttft_ms / 1000);
-  }
-  if (tokens.length > 1) {
-    r.decode_tokens_per_s = (tokens.length - 1) / ((tokens[tokens.length - 1] - tokens[0]) / 1000);
-  }
   return r;
 }
 
@@ -227,9 +296,14 @@ function parseConfig(params) {
     tjs_ort: params.get("tjs_ort") || "site",
     generate: params.get("generate") !== "0",
     encode_url: params.get("encode_url"),
+    prompts_url: params.get("prompts_url"),
+    gguf_url: params.get("gguf_url"),
+    text: null,
+    long_ids: null,
+    long_text: null,
   };
-  if (!["webformers", "transformers.js"].includes(cfg.lib)) {
-    throw new Error(`lib must be webformers or transformers.js, got ${JSON.stringify(cfg.lib)}`);
+  if (!["webformers", "transformers.js", "wllama"].includes(cfg.lib)) {
+    throw new Error(`lib must be webformers, transformers.js or wllama, got ${JSON.stringify(cfg.lib)}`);
   }
   if (!["site", "bundled"].includes(cfg.tjs_ort)) {
     throw new Error(`tjs_ort must be site or bundled, got ${JSON.stringify(cfg.tjs_ort)}`);
@@ -249,11 +323,14 @@ function parseConfig(params) {
 
 function showResult(r) {
   const rows = [
-    ["library", `${r.library.name} ${r.library.version || ""} (onnxruntime-web ${r.library.ort_version})`],
+    ["library", `${r.library.name} ${r.library.version || ""}` +
+      (r.library.ort_version ? ` (onnxruntime-web ${r.library.ort_version})` : "")],
     ["page ready (ms)", r.page_ready_ms], ["model load (ms)", r.load_ms],
     ["time to first token (ms)", r.ttft_ms], ["page ready → first token (ms)", r.page_to_first_token_ms],
     ["prefill tokens/s", r.prefill_tokens_per_s], ["decode tokens/s", r.decode_tokens_per_s],
-    ["new tokens", r.new_tokens], ["WASM memory (MB)", r.memory.wasm_bytes / 1e6],
+    ["new tokens", r.new_tokens],
+    ["WASM memory (MB)", r.memory.wasm_bytes ? r.memory.wasm_bytes / 1e6 : null],
+    ["decode tokens/s after the long prompt", r.long ? r.long.decode_tokens_per_s : null],
   ];
   const body = document.querySelector("#bench-result tbody");
   body.replaceChildren(...rows.map(([k, v]) => {
@@ -282,6 +359,13 @@ async function pageMain() {
   let cfg;
   try {
     cfg = parseConfig(params);
+    if (cfg.prompts_url) {  // before any library starts, the same for all of them
+      const resp = await fetch(cfg.prompts_url);
+      if (!resp.ok) throw new Error(`${cfg.prompts_url}: HTTP ${resp.status}`);
+      const pr = await resp.json();
+      Object.assign(cfg, { ids: pr.ids, text: pr.text ?? null, long_ids: pr.long_ids ?? null,
+                           long_text: pr.long_text ?? null });
+    }
     const r = await runBench(cfg, (m) => { status.textContent = m; });
     status.textContent = "Done.";
     showResult(r);
