@@ -393,12 +393,24 @@ def test_convert_hf_dir_with_external_data(tmp_path):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (src / f).write_bytes((tiny_dir / f).read_bytes())
     out = tmp_path / "repo"
-    assert main(["convert", str(src), str(out), "--dtypes", "fp32,q4", "--external-data", "--no-report", "-q"]) == 0
-    assert (out / "onnx" / "model.onnx_data").is_file() and (out / "onnx" / "model_q4.onnx_data").is_file()
+    assert main(["convert", str(src), str(out), "--dtypes", "fp32,q4", "--external-data", "3", "--no-report",
+                 "-q"]) == 0
     man = Manifest.from_json((out / "onnx" / "manifest.json").read_text())
-    assert man.variant("model", "q4")["files"] == ["onnx/model_q4.onnx", "onnx/model_q4.onnx_data"]
-    assert json.loads((out / "config.json").read_text())["transformers.js_config"]["use_external_data_format"]
+    # three files per variant (the transformers.js names), all listed with their size and sha256
+    for d, name in (("fp32", "model.onnx"), ("q4", "model_q4.onnx")):
+        files = man.variant("model", d)["files"]
+        assert files == [f"onnx/{name}", f"onnx/{name}_data", f"onnx/{name}_data_1", f"onnx/{name}_data_2"]
+        assert all(man.entry(f)["size"] > 0 for f in files)
+        for f in files:
+            assert man.entry(f)["sha256"] == sha256_file(out / f) and man.entry(f)["size"] == (out / f).stat().st_size
+    tjs = json.loads((out / "config.json").read_text())["transformers.js_config"]
+    assert tjs["use_external_data_format"] == {"model.onnx": 3, "model_q4.onnx": 3}
     assert not (out / "quantization_report.json").exists()
+    # the q4 variant on the webformers runtime (CPython): every data file handed to the session
+    from webformers.platform import run_sync
+
+    loaded = run_sync(_load_variant(out, "q4"))
+    assert loaded == reference_greedy(out, "q4", [6403, 1980, 253, 655], 8)
     ids = [6403, 1980, 253, 655]
     model = LlamaForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
     seq = list(ids)
@@ -406,6 +418,60 @@ def test_convert_hf_dir_with_external_data(tmp_path):
         for _ in range(8):
             seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
     assert reference_greedy(out, "fp32", ids, 8) == seq[len(ids):]
+
+
+async def _load_variant(repo_dir, dtype):
+    from webformers import AutoModelForCausalLM
+
+    model = await AutoModelForCausalLM.from_pretrained(str(repo_dir), dtype=dtype, device="wasm")
+    try:
+        out = await model.generate([6403, 1980, 253, 655], max_new_tokens=8, eos_token_id=None)
+        return [int(t) for t in out[0].tolist()[4:]]
+    finally:
+        model.dispose()
+
+
+def test_external_data_auto_fills_files_up_to_the_chunk_size(tmp_path, monkeypatch):
+    """``external_data="auto"`` puts whole tensors in files of at most ``DATA_CHUNK_BYTES`` (a tensor never
+    split), aligned; onnxruntime loads the model from them; a bad count is an error naming the choices."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from webformers.toolchain import export
+
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal((64, 64)).astype(np.float32) for _ in range(5)]  # 16 KiB each
+    nodes, prev = [], "x"
+    for i in range(5):
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 64])],
+                          [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(export, "DATA_CHUNK_BYTES", 40 * 1024)  # two 16 KiB tensors per file
+    path = export.save_model(model, tmp_path / "m.onnx", external_data="auto")
+    names = sorted(p.name for p in tmp_path.glob("m.onnx_data*"))
+    assert names == ["m.onnx_data", "m.onnx_data_1", "m.onnx_data_2"]
+    sizes = [(tmp_path / n).stat().st_size for n in ("m.onnx_data", "m.onnx_data_1", "m.onnx_data_2")]
+    assert sizes[0] <= 40 * 1024 and sizes[1] <= 40 * 1024 and sizes[2] == 16 * 1024, sizes
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    want = x
+    for w in ws:
+        want = want @ w
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    reloaded = onnx.load(str(path), load_external_data=False)
+    offsets = [int(dict((e.key, e.value) for e in t.external_data)["offset"]) for t in reloaded.graph.initializer]
+    assert all(o % export.DATA_ALIGN == 0 for o in offsets)
+    # saving again replaces the old files (no stale _data_2 next to a 1-file save)
+    monkeypatch.setattr(export, "DATA_CHUNK_BYTES", 1 << 30)
+    export.save_model(onnx.load(str(path)), tmp_path / "m.onnx", external_data="auto")
+    assert sorted(p.name for p in tmp_path.glob("m.onnx_data*")) == ["m.onnx_data"]
+    for bad in (0, "two", -1):
+        with pytest.raises(ValueError, match="expected 'auto' or a number of files >= 1"):
+            export.check_external_data(bad)
 
 
 def test_build_cache_keys_on_the_sources_each_build_runs(tmp_path, monkeypatch):

@@ -230,17 +230,48 @@ def check_external_data(value):
     raise ValueError(f"external data: expected 'auto' or a number of files >= 1, got {value!r}")
 
 
+def _greedy_runs(sizes: list[int], limit: int) -> list[list[int]]:
+    """Tensor indices in runs: a new run starts when the next tensor would take the current one over ``limit``."""
+    runs: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(sizes):
+        if not runs or (used and used + n > limit):
+            runs.append([])
+            used = 0
+        runs[-1].append(i)
+        used += n
+    return runs
+
+
 def _plan_chunks(sizes: list[int], files) -> list[int]:
-    """The file index of each tensor (in order): "auto" fills files up to :data:`DATA_CHUNK_BYTES`; a number
-    N cuts the bytes into N near-equal runs of whole tensors (fewer files when there are fewer tensors)."""
-    total = sum(sizes)
-    limit = DATA_CHUNK_BYTES if files == "auto" else max(1, -(-total // files))
-    out, idx, used = [], 0, 0
-    for n in sizes:
-        if used and used + n > limit and (files == "auto" or idx + 1 < files):
-            idx, used = idx + 1, 0
-        out.append(idx)
-        used += n + (-n) % DATA_ALIGN
+    """The file index of each tensor (in order, whole tensors): "auto" fills files up to
+    :data:`DATA_CHUNK_BYTES`; a number N makes N files (fewer only when there are fewer tensors) whose
+    largest is as small as runs of whole tensors allow."""
+    if not sizes:
+        return []
+    if files == "auto":
+        runs = _greedy_runs(sizes, DATA_CHUNK_BYTES)
+    else:
+        n = min(files, len(sizes))
+        lo, hi = max(sizes), sum(sizes)  # the smallest largest-file size giving at most n runs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(_greedy_runs(sizes, mid)) <= n else (mid + 1, hi)
+        runs = _greedy_runs(sizes, lo)
+        while len(runs) < n:  # split the largest run of several tensors where its bytes are halved
+            k = max((r for r in runs if len(r) > 1), key=lambda r: sum(sizes[i] for i in r))
+            half, acc, cut = sum(sizes[i] for i in k) / 2, 0, 1
+            for j, i in enumerate(k[:-1], 1):
+                acc += sizes[i]
+                cut = j
+                if acc >= half:
+                    break
+            at = runs.index(k)
+            runs[at:at + 1] = [k[:cut], k[cut:]]
+    out = [0] * len(sizes)
+    for idx, run in enumerate(runs):
+        for i in run:
+            out[i] = idx
     return out
 
 
