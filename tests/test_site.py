@@ -283,3 +283,18 @@ def test_repo_without_manifest_and_damaged_files(tmp_path, site_dir):
     (damaged / "onnx" / "model_q4.onnx").write_bytes(bytes(data))
     with pytest.raises(SiteError, match=r"model_q4\.onnx is damaged: sha256 .* its manifest says"):
         build_site(tmp_path / "site2", models=[f"{damaged}:q4"])
+
+
+@pytest.mark.unit
+def test_model_arg_with_an_equals_sign_in_the_path(tmp_path):
+    from webformers.site import SiteError
+    from webformers.site.models import parse_model_arg
+
+    odd = tmp_path / "a=b" / "repo"
+    odd.mkdir(parents=True)
+    assert parse_model_arg(f"{odd}:q4,fp16") == (None, odd, ["q4", "fp16"])
+    assert parse_model_arg(str(odd)) == (None, odd, None)
+    assert parse_model_arg(f"org/name={odd}:q4") == ("org/name", odd, ["q4"])
+    assert parse_model_arg(f"org/name={tmp_path / 'missing'}") == ("org/name", tmp_path / "missing", None)
+    with pytest.raises(SiteError, match="no dtype after ':'"):
+        parse_model_arg(f"{odd}:")

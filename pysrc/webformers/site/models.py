@@ -40,15 +40,23 @@ class ModelPlan:
 
 
 def parse_model_arg(arg: str) -> tuple[str | None, Path, list[str] | None]:
-    """``[ID=]REPO_DIR[:dtype,dtype...]`` -> (id or None, dir, dtypes or None)."""
-    model_id, rest = (arg.split("=", 1) if "=" in arg else (None, arg))
-    dtypes = None
-    head, sep, tail = rest.rpartition(":")
-    if sep and head and "/" not in tail and "\\" not in tail:
-        rest, dtypes = head, [d.strip() for d in tail.split(",") if d.strip()]
-        if not dtypes:
-            raise SiteError(f"--model {arg}: no dtype after ':' (e.g. {rest}:q4,fp16)")
+    """``[ID=]REPO_DIR[:dtype,dtype...]`` -> (id or None, dir, dtypes or None). A directory whose path has
+    a ``=`` is taken as a path when it exists (``ID=`` is only split off otherwise)."""
+    model_id, rest = None, arg
+    if "=" in arg and not Path(_split_dtypes(arg, arg)[0]).is_dir():
+        model_id, rest = arg.split("=", 1)
+    rest, dtypes = _split_dtypes(rest, arg)
     return (model_id or None), Path(rest), dtypes
+
+
+def _split_dtypes(rest: str, arg: str) -> tuple[str, list[str] | None]:
+    head, sep, tail = rest.rpartition(":")
+    if not (sep and head and "/" not in tail and "\\" not in tail):
+        return rest, None
+    dtypes = [d.strip() for d in tail.split(",") if d.strip()]
+    if not dtypes:
+        raise SiteError(f"--model {arg}: no dtype after ':' (e.g. {head}:q4,fp16)")
+    return head, dtypes
 
 
 def _repo_manifest(repo: Path) -> dict:
