@@ -86,10 +86,38 @@ def test(args):
     build(args)
     # the 25 slowest tests close every log; a later --durations in the arguments wins
     cmd = [sys.executable, "-m", "pytest", "--durations=25", *args.pytest_args]
-    rc = subprocess.call(cmd, cwd=ROOT)
+    if args.one_process or any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in args.pytest_args):
+        rc = subprocess.call(cmd, cwd=ROOT)
+    else:
+        rc = test_split(cmd)
     if rc == 5:
         print("pytest collected no tests", file=sys.stderr)
     sys.exit(rc)
+
+
+def test_split(cmd) -> int:
+    """Run the tests that use no browser (``-m "not browser"``, niced, output to dist/test-cpu.log, printed
+    at the end) beside the browser tests (``-m browser``, output live): the page's single-threaded WASM
+    leaves the other core to them. The exit code is the first failure's, 5 only if neither collected."""
+    out = DIST / "test-cpu.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        cpu = subprocess.Popen([*cmd, "-m", "not browser"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: os.nice(10))
+        print(f"[test] the tests without a browser run beside these; their output: {out}", flush=True)
+        try:
+            rc_browser = subprocess.call([*cmd, "-m", "browser"], cwd=ROOT)
+            print(f"[test] browser tests done (exit {rc_browser}); waiting for the CPU tests ({out})", flush=True)
+            rc_cpu = cpu.wait()
+        except BaseException:
+            cpu.kill()
+            cpu.wait()
+            raise
+    print(f"[test] ---------------- CPU tests (-m 'not browser', {out}) ----------------", flush=True)
+    sys.stdout.write(out.read_text())
+    print(f"[test] browser tests: exit {rc_browser}; CPU tests: exit {rc_cpu}", flush=True)
+    failed = [rc for rc in (rc_browser, rc_cpu) if rc not in (0, 5)]
+    return failed[0] if failed else (5 if rc_browser == rc_cpu == 5 else 0)
 
 
 def generate(args):
@@ -131,6 +159,9 @@ def main(argv=None):
     p.set_defaults(fn=serve)
     p = sub.add_parser("test", help="set up, build and run pytest (extra args go to pytest)", allow_abbrev=False)
     p.add_argument("--no-models", action="store_true")
+    p.add_argument("--one-process", action="store_true",
+                   help="one pytest for every test (default: the browser tests and the others run side by side; "
+                        "also when the arguments have -m)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=test)
     p = sub.add_parser("generate", help="generate text in the real page (headless Chromium), streamed to stdout")
