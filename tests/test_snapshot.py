@@ -110,6 +110,11 @@ def test_second_visit_restores_the_snapshot_and_generates_the_same_tokens(ctx, s
     assert "restored from its snapshot" in again.locator("#boot-status").inner_text()
     rows = again.locator("#boot-timings tbody tr th").all_text_contents()
     assert rows[:4] == ["pyodide", "numpy", "wheel", "ort"] and "path" in rows, rows
+    # the tokenizer's regex caches came with the snapshot (text/tokenizer/prewarm.py)
+    warm = run_py(again, "from webformers.text.tokenizer import regex, prewarm\n"
+                         "[regex.category_ranges.cache_info().currsize, regex.compile_regex.cache_info().currsize,"
+                         " len(prewarm.COMMON_PATTERNS)]")
+    assert warm[0] == 1 and warm[1] >= warm[2], warm
     got = json.loads(run_py(again, GENERATE))
     assert got["ids"] == ref["ids"] and got["text"] == ref["text"], (got, ref)
     # numpy (not in the snapshot) and our wheels work; the snapshot entry was kept

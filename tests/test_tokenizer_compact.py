@@ -152,3 +152,12 @@ json.dumps({{"ms": ms, "kind": compact.KIND, "ids": [tok.encode(t) for t in {TEX
         dump_json("tokenizer_compact.json", {"parsed_ms": runs[0]["ms"], "compact_ms": runs[1]["ms"]})
     finally:
         ctx.close()
+
+
+@pytest.mark.unit
+def test_prewarm_compiles_the_patterns_of_the_common_families():
+    from webformers.text.tokenizer import prewarm, regex
+    from webformers.text.tokenizer.pre_tokenizers import GPT2_PATTERN
+
+    assert set(prewarm.COMMON_PATTERNS) >= {GPT2_PATTERN, fx.LLAMA3_PATTERN, fx.QWEN2_PATTERN}
+    assert regex.category_ranges.cache_info().currsize == 1

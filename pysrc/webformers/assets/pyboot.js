@@ -32,7 +32,8 @@ const SNAPSHOT_WORKER_NAME = "webformers-pysnapshot";
 const WHEEL_DIR = "/lib/webformers-wheels";
 // imported before the snapshot is made, so that a restored interpreter does not import them again: the
 // standard library modules that Pyodide's package loader, numpy and webformers import, then jinja2 and
-// the webformers modules (those that need numpy fail there and load on first use)
+// the webformers modules (those that need numpy fail there and load on first use); the tokenizer's
+// prewarm fills its regex caches
 const SNAPSHOT_PRELOAD = [
   "ast", "asyncio", "base64", "bz2", "calendar", "concurrent.futures", "contextlib", "copy", "csv", "ctypes",
   "dataclasses", "datetime", "dis", "email.message", "email.parser", "enum", "fnmatch", "hashlib", "html.parser",
@@ -41,6 +42,7 @@ const SNAPSHOT_PRELOAD = [
   "tempfile", "textwrap", "threading", "tokenize", "traceback", "typing", "unicodedata", "urllib.parse",
   "zipfile",
   "jinja2", "jinja2.sandbox", "webformers", "webformers.dtypes", "webformers.text.tokenizer",
+  "webformers.text.tokenizer.prewarm",
   "webformers.text.chat_template", "webformers.store", "webformers.generation", "webformers.text.causal_lm",
   "webformers.page.chat",
 ];
