@@ -10,7 +10,7 @@ once (verified by the store) and creates one session per module.
 Before any model file is read, the memory plan (``runtime.memory``: weights + KV cache for ``context``
 tokens + overhead against ``max_memory`` when given, the WebAssembly heap on wasm, the device's memory)
 refuses the load with ``MemoryPlanError`` or, for ``dtype="auto"``, picks the best dtypes within it;
-``timings["memory"]`` is its estimate.
+``loaded.memory`` is its estimate.
 
 Sessions get external data (``*.onnx_data`` files of the variant) and, under WebGPU, keep their
 ``present*`` outputs (the KV cache) on the GPU unless ``keep_on_device`` names other outputs per module.
@@ -68,6 +68,8 @@ class Loaded:
     #: "session:<module>" per InferenceSession created; "warm_started" (modules adopted) and "forms"
     #: ({module: execution form report} when a form was chosen, see the module docstring)
     timings: dict = field(default_factory=dict)
+    #: the memory plan's estimate and limits (``runtime.memory.MemoryPlan.as_dict``)
+    memory: dict = field(default_factory=dict)
     #: how the sessions are made again after a crash or a lost device (browser; see the module docstring)
     recovery: "Recovery | None" = None
 
@@ -152,6 +154,16 @@ async def _device_lost() -> dict | None:
     return await _ortweb.device_lost()
 
 
+def _explicit_max_memory(execution, max_memory, form_request: forms.FormRequest) -> int | None:
+    """The ``max_memory`` the caller named (bytes), or None: given here, or inside a checked ``FormRequest``
+    passed as ``execution`` when it is not the default."""
+    if max_memory is not None:
+        return form_request.max_memory
+    if isinstance(execution, forms.FormRequest) and execution.max_memory != forms.DEFAULT_MAX_MEMORY:
+        return execution.max_memory
+    return None
+
+
 def _main_first(module: str, files: list[str]) -> list[str]:
     main = [f for f in files if f.endswith(".onnx")]
     if len(main) != 1:
@@ -209,7 +221,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     # the memory plan, before any model file is read: refuse (MemoryPlanError) or, for "auto", pick smaller
     shape = memory.ModelShape.from_config(await repo.optional_json("config.json"))
     limits = memory.memory_limits(backend=backend.backend_name, device=plan.device,
-                                  max_memory=None if max_memory is None else form_request.max_memory,
+                                  max_memory=_explicit_max_memory(execution, max_memory, form_request),
                                   device_memory=platform.device_memory())
     plan, mem_plan = memory.check_plan(
         repo.manifest, plan, shape, limits, auto=request.every == "auto" or "auto" in request.per_module.values(),
@@ -253,7 +265,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
             await events.file_event("done", f, sizes[f], sizes[f], True)
         to_read = [f for m, fs in plan.files.items() if m not in sessions for f in fs]
         datas = await asyncio.gather(*(repo.file(f, events=events) for f in to_read))
-        timings = {"files": round((time.perf_counter() - t0) * 1000, 1), "memory": mem_plan.as_dict()}
+        timings = {"files": round((time.perf_counter() - t0) * 1000, 1)}
         if sessions:
             timings["warm_started"] = sorted(sessions)
         by_path = dict(zip(to_read, datas))
@@ -293,7 +305,8 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     finally:
         await backend.drop_warm_sessions()
     loaded = Loaded(sessions=sessions, dtypes=dict(plan.dtypes), device=plan.device, warnings=warnings,
-                    files=all_files, adapter=dict(adapter), bytes=plan.bytes, timings=timings)
+                    files=all_files, adapter=dict(adapter), bytes=plan.bytes, timings=timings,
+                    memory=mem_plan.as_dict())
     if platform.IN_BROWSER:
         keep = {m: list(keep_on_device.get(m, ())) if keep_on_device is not None
                 else [n for n in s.output_names if n.startswith("present")] for m, s in sessions.items()}
