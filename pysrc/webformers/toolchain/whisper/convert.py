@@ -527,13 +527,36 @@ async def _transcribe(repo: Path, enc_dt, dec_dt, clips, max_new_tokens):
     return out
 
 
-def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 48) -> list[dict]:
+def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tokens: int = 48,
+                  workers: int | None = None) -> list[dict]:
     """WER for every encoder-dtype × decoder-dtype pair. Encoder states are computed once per
-    (clip, encoder dtype); each decoder dtype then decodes from them."""
-    return run_sync(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens))
+    (clip, encoder dtype); each decoder dtype then decodes from them. Clips run on ``workers`` threads
+    (default: one per CPU) sharing one single-threaded session per file, so the numbers do not depend on
+    the thread count."""
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return run_sync(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens,
+                          max(1, workers)))
 
 
-async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
+class _FixedEncoder:
+    """An "encoder" session that returns precomputed states."""
+    input_names = ["input_features"]
+
+    def __init__(self, states):
+        self.states = states
+
+    async def run(self, feeds, fetch=None):
+        return {"last_hidden_state": self.states}
+
+    def dispose(self):
+        pass
+
+
+async def _grid(repo, dtypes, clips, references, log, max_new_tokens, workers):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     from ...runtime import backend
     from ...speech.whisper import WhisperModel
     from ...speech.audio import load_audio, log_mel_spectrogram
@@ -544,41 +567,39 @@ async def _grid(repo, dtypes, clips, references, log, max_new_tokens):
     cfg = json.loads((repo / "config.json").read_text())
     gen = json.loads((repo / "generation_config.json").read_text())
     feats = [log_mel_spectrogram(load_audio(Path(c).read_bytes()))[None] for c in clips]
+
+    def timed(fn, *args):  # in a worker thread: (result, seconds); onnxruntime runs without the GIL
+        t0 = time.perf_counter()
+        return fn(*args), time.perf_counter() - t0
+
+    def encode(enc, f):
+        return asyncio.run(enc.run({"input_features": f}))["last_hidden_state"]
+
+    def decode(dec, states, f):  # greedy ids of one clip from its precomputed encoder states
+        return asyncio.run(WhisperModel(_FixedEncoder(states), dec, cfg, gen).generate(f, max_new_tokens=max_new_tokens))
+
     states = {}
-    for dt in dtypes:
-        enc = await backend.create_session(repo / onnx_file("encoder_model", dt))
-        states[dt] = [(await enc.run({"input_features": f}))["last_hidden_state"] for f in feats]
-        enc.dispose()
     grid = []
-    for ddt in dtypes:
-        dec = await backend.create_session(repo / onnx_file("decoder_model_merged", ddt))
-
-        class _Fixed:  # an "encoder" that returns precomputed states
-            input_names = ["input_features"]
-
-            def __init__(self, s):
-                self.s = s
-
-            async def run(self, feeds, fetch=None):
-                return {"last_hidden_state": self.s}
-
-            def dispose(self):
-                pass
-
-        for edt in dtypes:
-            t0 = time.perf_counter()
-            hyps = []
-            for f, s in zip(feats, states[edt]):
-                wm = WhisperModel(_Fixed(s), dec, cfg, gen)
-                hyps.append(tok.decode(await wm.generate(f, max_new_tokens=max_new_tokens), skip_special_tokens=True))
-            w = wer(references, hyps)
-            size = sum((repo / onnx_file(m, d)).stat().st_size
-                       for m, d in (("encoder_model", edt), ("decoder_model_merged", ddt)))
-            grid.append({"encoder_model": edt, "decoder_model_merged": ddt, "wer": round(w, 4), "bytes": size,
-                         "hypotheses": hyps})
-            log(f"  encoder {edt:6s} decoder {ddt:6s}  WER {w:.3f}  {size / 1e6:6.1f} MB  "
-                f"({time.perf_counter() - t0:.1f} s)")
-        dec.dispose()
+    with ThreadPoolExecutor(workers) as pool:
+        for dt in dtypes:
+            enc = await backend.create_session(repo / onnx_file("encoder_model", dt))
+            states[dt] = [r for r, _ in pool.map(lambda f: timed(encode, enc, f), feats)]
+            enc.dispose()
+        for ddt in dtypes:
+            dec = await backend.create_session(repo / onnx_file("decoder_model_merged", ddt))
+            # every (encoder dtype, clip) of this decoder at once; results are read back in grid order
+            jobs = {edt: [pool.submit(timed, decode, dec, s, f) for f, s in zip(feats, states[edt])] for edt in dtypes}
+            for edt in dtypes:
+                done = [j.result() for j in jobs[edt]]
+                hyps = [tok.decode(ids, skip_special_tokens=True) for ids, _ in done]
+                w = wer(references, hyps)
+                size = sum((repo / onnx_file(m, d)).stat().st_size
+                           for m, d in (("encoder_model", edt), ("decoder_model_merged", ddt)))
+                grid.append({"encoder_model": edt, "decoder_model_merged": ddt, "wer": round(w, 4), "bytes": size,
+                             "hypotheses": hyps})
+                log(f"  encoder {edt:6s} decoder {ddt:6s}  WER {w:.3f}  {size / 1e6:6.1f} MB  "
+                    f"({sum(t for _, t in done):.1f} s)")
+            dec.dispose()
     return grid
 
 
