@@ -87,54 +87,71 @@ export function deviceLostError(lost, method) {
 
 /**
  * ort-core.js's handlers, watching onnxruntime-web's GPUDevice (`ort.env.webgpu.device`, set once a WebGPU
- * session exists): once the device is lost (`device.lost`, e.g. after `device.destroy()`), every run of a
- * WebGPU session rejects at once with deviceLostError - also a run in flight, which may never settle on a
- * lost device. Adds deviceLost() -> null | {reason, message}. WASM sessions keep running.
+ * session exists): once the device is lost (`device.lost`, e.g. after `device.destroy()`) while WebGPU
+ * sessions are open, every run of a WebGPU session rejects at once with deviceLostError - also a run in
+ * flight, which may never settle on a lost device - and so does a WebGPU create. A device lost with no WebGPU
+ * session open is onnxruntime-web releasing it after the last session went (dispose()): the next WebGPU
+ * session gets a new one, which is watched in turn. Adds deviceLost() -> null | {reason, message}. WASM
+ * sessions keep running.
  */
 const LOST_GRACE_MS = 1000;
 export function watchDevice(handlers, ortUrl) {
   let lost = null;
-  let onLost = null;
-  const whenLost = new Promise((resolve) => { onLost = resolve; });
-  let watching = null;
-  const watch = () => {
-    if (!watching) {
-      watching = (async () => {
-        const ort = await import(ortUrl);
-        const device = await (ort.env.webgpu || {}).device;
-        if (!device || !device.lost) return false;
-        device.lost.then((info) => {
-          lost = { reason: info && info.reason ? String(info.reason) : "unknown",
-                   message: info && info.message ? String(info.message) : "" };
-          onLost(lost);
-        });
-        return true;
-      })().then((ok) => ok || (watching = null), () => (watching = null));
-    }
-    return watching;
+  const waiting = new Set();  // the rejections of the WebGPU runs in flight
+  const gpuSids = new Map();  // open WebGPU sessions (created here, or seen running on WebGPU) -> their device
+  const watched = new WeakSet();
+  // the device onnxruntime-web uses now (null before its first WebGPU session), watched from here on
+  const watch = async () => {
+    const ort = await import(ortUrl);
+    const device = await (ort.env.webgpu || {}).device;
+    if (!device || !device.lost) return null;
+    if (watched.has(device)) return device;
+    watched.add(device);
+    device.lost.then((info) => {
+      // released by onnxruntime-web with its last session: no open session was on it
+      if (![...gpuSids.values()].includes(device)) return;
+      lost = { reason: info && info.reason ? String(info.reason) : "unknown",
+               message: info && info.message ? String(info.message) : "" };
+      for (const reject of waiting) reject(deviceLostError(lost, "run"));
+      waiting.clear();
+    });
+    return device;
   };
   const usesGpu = (options) => ((options && options.executionProviders) || [])
     .some((ep) => (typeof ep === "string" ? ep : ep && ep.name) === "webgpu");
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   return {
     ...handlers,
     async create(model, external, options) {
       const gpu = usesGpu(options);
       if (gpu && lost) throw deviceLostError(lost, "create");
       const r = await handlers.create(model, external, options);
-      if (gpu) await watch();
+      if (gpu) gpuSids.set(r.sid, await watch().catch(() => null));
       return r;
     },
     // gpu: the session runs on WebGPU (the caller knows; warm-started sessions were made without this wrapper)
     async run(sid, feeds, fetch, free, gpu = false) {
       if (!gpu) return handlers.run(sid, feeds, fetch, free);
       if (lost) throw deviceLostError(lost, "run");
-      await watch();
+      if (!gpuSids.has(sid)) gpuSids.set(sid, await watch().catch(() => null));
+      let reject;
+      const onLoss = new Promise((_, r) => { reject = r; });
+      onLoss.catch(() => {});
+      waiting.add(reject);
       const running = handlers.run(sid, feeds, fetch, free).catch(async (e) => {
         // a run can fail on the lost device before `device.lost` settles: give it a moment to
-        const l = await Promise.race([whenLost, new Promise((resolve) => setTimeout(resolve, LOST_GRACE_MS))]);
-        throw l ? deviceLostError(l, "run") : e;
+        for (let t = 0; t < LOST_GRACE_MS && !lost; t += 50) await sleep(50);
+        throw lost ? deviceLostError(lost, "run") : e;
       });
-      return Promise.race([running, whenLost.then((l) => { throw deviceLostError(l, "run"); })]);
+      try {
+        return await Promise.race([running, onLoss]);
+      } finally {
+        waiting.delete(reject);
+      }
+    },
+    dispose(sid) {
+      gpuSids.delete(sid);
+      return handlers.dispose(sid);
     },
     deviceLost: async () => lost,
   };

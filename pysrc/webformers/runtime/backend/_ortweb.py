@@ -384,8 +384,14 @@ async def create_session(model, *, device: str = "wasm", external_data=None, kee
     external = [{"path": e["path"], "data": e["data"] if isinstance(e["data"], JsProxy)
                  else to_js(memoryview(e["data"]))} for e in external_data or ()]
     rt = await runtime()
-    r = json.loads(await rt.create(model, external or None,
-                                         json.dumps(_options(device, keep_on_device, form))))
+    try:
+        r = json.loads(await rt.create(model, external or None, json.dumps(_options(device, keep_on_device, form))))
+    except JsException as e:
+        kind = str(getattr(e, "name", "") or "")
+        error = {"RuntimeCrashed": RuntimeCrashed, "DeviceLost": DeviceLost}.get(kind)
+        if error is not None:
+            raise error(f"creating a {device} session: {e.message}") from None
+        raise
     return Session(r["sid"], r["info"], device, r.get("form"), gen=r.get("gen"))
 
 
