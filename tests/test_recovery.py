@@ -37,7 +37,7 @@ class _Arm:
         self.hook, self.after, self.n = hook, after, -1  # the first put() is the prompt
     def put(self, ids):
         self.n += 1
-        if self.n == self.after:
+        if self.hook and self.n == self.after:
             _ortweb.test_hook(self.hook, "run")
     def end(self):
         pass
@@ -46,7 +46,9 @@ async def _tokens(m, **kw):
     out = await m.generate({prompt!r}, max_new_tokens={new}, do_sample=False, **kw)
     return [int(x) for x in out[0, {n_prompt}:]]
 
-async def _failing(m, hook, after):
+# [error type, message, tokens generated before it] of a generation (hook armed after `after` tokens),
+# or None when it succeeded
+async def _failing(m, hook=None, after=0):
     _streamer = _Arm(hook, after)
     try:
         await _tokens(m, streamer=_streamer)
@@ -80,7 +82,7 @@ await _tokens(_m)
 """)
     assert got == want
     before = len(server.log)
-    err = run_py(page, "await _failing(_m, 'crash', 3)")
+    err = run_py(page, "await _failing(_m, 'crash', 3)", timeout_ms=120_000)  # a hang fails here
     assert err is not None, "the generation did not fail although the onnxruntime worker stopped"
     kind, message, tokens = err
     assert kind == "RuntimeCrashed", err
@@ -142,11 +144,24 @@ from webformers import AutoModelForCausalLM
 _m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu", strict=True)
 _first = await _tokens(_m)
 _err = await _failing(_m, "lose-device", 2)
-_err2 = await _failing(_m, "none", 99)
+_err2 = await _failing(_m)
 [_err, _err2, _m.device]
 """)
     err, err2, device = res
     assert err is not None and err[0] == "DeviceLost", err
     assert "strict=True: no fallback" in err[1] and "device='wasm'" in err[1], err
-    assert err2 is not None and err2[0] == "DeviceLost", err2  # still no fallback on the next call
+    assert err2 is not None and err2[0] == "DeviceLost" and "strict=True" in err2[1], err2  # no fallback later
     assert device == "webgpu"
+    # a new load asking for WebGPU with strict=True is refused, one allowing the fallback plans wasm
+    res = run_py(page, f"""
+try:
+    await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu", strict=True)
+    _refused = None
+except Exception as e:
+    _refused = [type(e).__name__, str(e)]
+_m2 = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="webgpu")
+[_refused, _m2.device, await _tokens(_m2)]
+""")
+    refused, device2, tokens2 = res
+    assert refused is not None and refused[0] == "DeviceLost" and "device='wasm'" in refused[1], refused
+    assert device2 == "wasm" and tokens2 == _reference("q4")
