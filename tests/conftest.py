@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from buildtools.common import CHROMIUM, CHROMIUM_ARGS, ROOT, SITE  # noqa: E402
+from buildtools.common import CACHE, CHROMIUM, CHROMIUM_ARGS, ROOT, SITE  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "pysrc"))
 
@@ -27,10 +27,15 @@ from helpers import ARTIFACTS, PageSession  # noqa: E402
 _BROWSER_FIXTURES = {"browser", "server", "wf_page", "shared_page", "site_dir", "playwright_instance"}
 #: fixtures that convert a model (cached by content hash, minutes when the cache is cold)
 _BUILD_FIXTURES = {"whisper_root", "whisper_files"}
+#: fixtures that build into the shared cache (~/.cache/webformers, pytest's cache dir) or hold GBs while set
+#: up: one at a time across processes (``build.py test`` runs the browser tests and the others side by side),
+#: so each cold build runs once and two ~10 GB builds never overlap
+_EXCLUSIVE_FIXTURES = {"large_repo", "references", "foreign_repo", "tiny_repo", "whisper_root", "whisper_files"}
 
 
 def pytest_configure(config):
     ARTIFACTS.mkdir(exist_ok=True)
+    config.pluginmanager.register(_ExclusiveFixtures(), "webformers-exclusive-fixtures")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,6 +47,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
         elif item.get_closest_marker("slow") is None and item.get_closest_marker("browser") is None:
             item.add_marker(pytest.mark.unit)
+
+
+class _ExclusiveFixtures:
+    """Sets up the fixtures of ``_EXCLUSIVE_FIXTURES`` under an exclusive lock file in the cache folder (a
+    plugin, not a conftest hook: session-scoped fixtures are set up through the root's hooks)."""
+
+    depth = 0
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        if fixturedef.argname not in _EXCLUSIVE_FIXTURES or self.depth:
+            return (yield)
+        import fcntl
+
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / ".test-fixtures.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.depth += 1
+            try:
+                return (yield)
+            finally:
+                self.depth -= 1
 
 
 @pytest.fixture(scope="session")
