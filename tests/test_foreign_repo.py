@@ -242,10 +242,14 @@ def test_first_download_is_trusted_and_a_damaged_cached_copy_is_caught(site_copy
         assert any("corrupted" in w and "sha256" in w and path in w for w in warn)
         assert server.downloads(path) == n + 1
         assert hashlib.sha256(bytes(await store.get(repo.url(path)))).hexdigest() == metas[path]["sha256"]
+        # the tokenizer now loads from its compact form (kept beside tokenizer.json, checked on its own); a
+        # read of tokenizer.json catches the damaged copy and downloads it again
         t = server.downloads("tokenizer.json")
         tok = await AutoTokenizer.from_pretrained(repo)
+        assert tok.encode(PROMPT) == prompt_ids and server.downloads("tokenizer.json") == t
+        text = await repo.text("tokenizer.json")
         assert any("corrupted" in w and "tokenizer.json" in w for w in repo.warnings)
-        assert server.downloads("tokenizer.json") == t + 1 and tok.encode(PROMPT) == prompt_ids
+        assert server.downloads("tokenizer.json") == t + 1 and text == (repo_dir / "tokenizer.json").read_text()
         # a third open reads everything from the cache, checked
         repo = await ModelRepo.open(MODEL, host=server.url)
         m = server.downloads(path)
