@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import SITE, PageSession, origin_violations, run_py
+from helpers import SITE, PageSession, dump_json, origin_violations, run_py
 
 pytestmark = pytest.mark.browser
 
@@ -91,9 +91,16 @@ await _tokens(_m)
     assert "during run" in message and "next call starts a new worker" in message, message
     # the same model object: sessions re-created in the new worker, the same tokens, no model file fetched
     again = run_py(page, """
-[await _tokens(_m), _m.load_timings.get("recovered"), _ortweb.runtime_info()["mode"]]
+import time
+_t0 = time.perf_counter()
+_again = await _tokens(_m)
+[_again, _m.load_timings.get("recovered"), _ortweb.runtime_info()["mode"],
+ {"first_call_after_crash_ms": round((time.perf_counter() - _t0) * 1000, 1),
+  "session_recreate_ms": _m.load_timings["session:model"]}]
 """)
+    figures = again.pop()
     assert again == [want, ["model"], "worker"], again
+    dump_json("recovery.json", figures)
     # a new pipeline after another crash (while idle) loads from the cache too
     got_pipe = run_py(page, f"""
 _ortweb.test_hook("crash")
