@@ -200,10 +200,12 @@ def _form_report(choice: forms.FormChoice, done: dict) -> dict:
 async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dtype="auto", device="auto",
                         strict: bool = False, max_bytes: int | None = None, progress_callback=None,
                         keep_on_device: dict[str, list[str]] | None = None, adapter: dict | None = None,
-                        execution="auto", max_memory=None, context: int | None = None) -> Loaded:
+                        execution="auto", max_memory=None, context: int | None = None,
+                        config: dict | None = None) -> Loaded:
     """Plan dtypes/device (``runtime.plan``), check the memory plan (``runtime.memory``, for ``context``
-    tokens of KV cache), fetch the files and create one session per module in its execution form
-    (``runtime.forms``; see the module docstring)."""
+    tokens of KV cache; the shapes from ``config``, the repo's config.json when the caller has it, else read
+    here), fetch the files and create one session per module in its execution form (``runtime.forms``; see
+    the module docstring)."""
     request = check_dtype_arg(dtype)
     form_request = forms.check_form_args(execution, max_memory)
     if adapter is None:
@@ -219,7 +221,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
     plan = select_dtypes(repo.manifest, modules, dtype=request, device=device, adapter=adapter, strict=strict,
                          max_bytes=max_bytes, report=report)
     # the memory plan, before any model file is read: refuse (MemoryPlanError) or, for "auto", pick smaller
-    shape = memory.ModelShape.from_config(await repo.optional_json("config.json"))
+    shape = memory.ModelShape.from_config(config if config is not None else await repo.optional_json("config.json"))
     limits = memory.memory_limits(backend=backend.backend_name, device=plan.device,
                                   max_memory=_explicit_max_memory(execution, max_memory, form_request),
                                   device_memory=platform.device_memory())

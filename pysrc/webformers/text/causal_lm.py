@@ -327,7 +327,8 @@ class AutoModelForCausalLM:
         present = [f"present.{i}.{kv}" for i in range(int(config.get("num_hidden_layers", 0) or 0))
                    for kv in ("key", "value")]
         kw = {"dtype": dtype, "device": device, "strict": strict, "progress_callback": progress_callback,
-              "keep_on_device": {module: present}, "execution": form_request}
+              "keep_on_device": {module: present}, "execution": form_request,
+              "config": config}
         if max_bytes is not None:
             kw["max_bytes"] = max_bytes
         loaded = await load_sessions(repo, [module], **kw)
