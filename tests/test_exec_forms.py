@@ -373,22 +373,31 @@ json.dumps({{"info": info, "ids": out["ids"]}})
 
 @pytest.mark.browser
 def test_small_max_memory_keeps_native_in_page(wf_page):
+    """Under a max_memory the fp32 form would exceed but the stored form fits (the memory plan's estimate),
+    SmolLM2 q4 runs native, with CPython's tokens; a max_memory nothing fits is refused before any load."""
     from webformers.toolchain import reference_greedy
 
-    n = 8
-    ref = [int(t) for t in reference_greedy(_repo(TINY), "q4", PROMPT, n)][-n:]
+    n = 4
+    ref = [int(t) for t in reference_greedy(_repo(SMOL), "q4", PROMPT, n)][-n:]
     res = json.loads(run_py(wf_page, f"""
 import json
 from webformers import AutoModelForCausalLM
-m = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="wasm", max_memory="4MB")
+from webformers.runtime.memory import MemoryPlanError
+m = await AutoModelForCausalLM.from_pretrained({SMOL!r}, dtype="q4", device="wasm", max_memory="800MB")
 out = await m.generate({PROMPT!r}, max_new_tokens={n}, eos_token_id=None)
 m.dispose()
-json.dumps({{"ids": [int(t) for t in out[0][{len(PROMPT)}:]], "timings": m.load_timings}})
+try:
+    await AutoModelForCausalLM.from_pretrained({SMOL!r}, dtype="q4", device="wasm", max_memory="4MB")
+    refused = None
+except MemoryPlanError as e:
+    refused = str(e)
+json.dumps({{"ids": [int(t) for t in out[0][{len(PROMPT)}:]], "timings": m.load_timings, "refused": refused}})
 """))
     assert res["ids"] == ref
     f = res["timings"]["forms"]["model"]
     assert f["form"] == "native" and f["expanded_matmuls"] == 0
-    assert f["reason"].startswith("native: wasm, the fp32 form's est. peak") and "> max_memory 4 MB" in f["reason"]
+    assert f["reason"].startswith("native: wasm, the fp32 form's est. peak") and "> max_memory 800 MB" in f["reason"]
+    assert res["refused"] and "4 MB" in res["refused"], res["refused"]
 
 
 @pytest.mark.browser
