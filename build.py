@@ -96,26 +96,28 @@ def test(args):
 
 
 def test_split(cmd) -> int:
-    """Run the tests that use no browser (``-m "not browser"``, niced, output to dist/test-cpu.log, printed
-    at the end) beside the browser tests (``-m browser``, output live): the page's single-threaded WASM
-    leaves the other core to them. The exit code is the first failure's, 5 only if neither collected."""
+    """Run two pytest processes side by side: the tests without a browser and the browser tests marked
+    ``beside`` (``-m "not browser or beside"``, niced, output to dist/test-cpu.log, printed at the end), and the
+    other browser tests (``-m "browser and not beside"``, output live). A page's single-threaded WASM leaves
+    the other core to the second. The exit code is the first failure's, 5 only if neither collected."""
     out = DIST / "test-cpu.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
-        cpu = subprocess.Popen([*cmd, "-m", "not browser"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+        cpu = subprocess.Popen([*cmd, "-m", "not browser or beside"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                preexec_fn=lambda: os.nice(10))
-        print(f"[test] the tests without a browser run beside these; their output: {out}", flush=True)
+        print(f"[test] the tests without a browser and the 'beside' browser tests run beside these; their output: "
+              f"{out}", flush=True)
         try:
-            rc_browser = subprocess.call([*cmd, "-m", "browser"], cwd=ROOT)
-            print(f"[test] browser tests done (exit {rc_browser}); waiting for the CPU tests ({out})", flush=True)
+            rc_browser = subprocess.call([*cmd, "-m", "browser and not beside"], cwd=ROOT)
+            print(f"[test] browser tests done (exit {rc_browser}); waiting for the second process ({out})", flush=True)
             rc_cpu = cpu.wait()
         except BaseException:
             cpu.kill()
             cpu.wait()
             raise
-    print(f"[test] ---------------- CPU tests (-m 'not browser', {out}) ----------------", flush=True)
+    print(f"[test] ---------------- second process (-m 'not browser or beside', {out}) ----------------", flush=True)
     sys.stdout.write(out.read_text())
-    print(f"[test] browser tests: exit {rc_browser}; CPU tests: exit {rc_cpu}", flush=True)
+    print(f"[test] browser tests: exit {rc_browser}; second process: exit {rc_cpu}", flush=True)
     failed = [rc for rc in (rc_browser, rc_cpu) if rc not in (0, 5)]
     return failed[0] if failed else (5 if rc_browser == rc_cpu == 5 else 0)
 

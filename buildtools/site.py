@@ -44,37 +44,17 @@ VENDOR.update({f"wllama/{f}": _WLLAMA / f for f in ("index.js", "wasm/wllama.was
 def build_models() -> list[str]:
     """Convert the demo models ($WEBFORMERS_MODELS, default tiny,smollm2,whisper) into dist/site/models/; their ids.
 
-    Whisper builds in a second process while the decoders build here: its WER grid decodes on one thread
-    per clip job, the decoder builds leave a core idle for long stretches (export, variants)."""
+    One after the other: each uses both cores (GPTQ's BLAS, the WER grid's thread per CPU); side by side on
+    two cores they oversubscribed (a fresh run's model build took 16 min, GPTQ q2 366 s instead of ~76 s)."""
     from webformers.toolchain import build_demo_models
 
     which = os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2,whisper").split(",")
-    whisper = _start_whisper_build(SITE / "models") if "whisper" in which else None
-    try:
-        repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
-    except BaseException:
-        if whisper is not None:
-            whisper.kill()
-            whisper.wait()
-        raise
-    if whisper is not None:
-        if whisper.wait() != 0:
-            raise BuildError(f"the Whisper demo build exited with {whisper.returncode} (its [build:whisper] log is above)")
-        from webformers.toolchain.whisper.convert import MODEL_ID
+    repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
+    if "whisper" in which:
+        from webformers.toolchain.whisper.convert import build_whisper_demo
 
-        repos.append(SITE / "models" / MODEL_ID)
+        repos.append(build_whisper_demo(SITE / "models", log=log))
     return [Path(r).relative_to(SITE / "models").as_posix() for r in repos]
-
-
-def _start_whisper_build(out_root: Path):
-    """``build_whisper_demo(out_root)`` in a child process (its log lines start with [build:whisper])."""
-    import subprocess
-
-    code = ("import sys\n"
-            "from webformers.toolchain.whisper.convert import build_whisper_demo\n"
-            "build_whisper_demo(sys.argv[1], log=lambda m: print(f'[build:whisper] {m}', flush=True))\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "pysrc"), os.environ.get("PYTHONPATH")])))
-    return subprocess.Popen([sys.executable, "-c", code, str(out_root)], env=env, cwd=ROOT)
 
 
 def _built_models() -> list[str]:

@@ -33,6 +33,17 @@ _BUILD_FIXTURES = {"whisper_root", "whisper_files"}
 _EXCLUSIVE_FIXTURES = {"large_repo", "references", "foreign_repo", "tiny_repo", "whisper_root", "whisper_files"}
 
 
+#: browser test files that ``build.py test`` runs in its second pytest process, beside the others: their
+#: checks do not depend on having a core to themselves (test_page's Stop and script-time checks, the
+#: endurance memory figures and the cross-library interop runs stay in the first)
+_BESIDE_FILES = {
+    "test_bench.py", "test_chunked_store.py", "test_exec_forms.py", "test_foreign_repo.py", "test_foundation.py",
+    "test_generation_browser.py", "test_jupyterlite.py", "test_large_model.py", "test_plain_pyodide.py",
+    "test_recovery.py", "test_runtime_browser.py", "test_runtime_cpython.py", "test_site.py", "test_snapshot.py",
+    "test_tokenizer_compact.py", "test_tokenizers.py", "test_warm_start.py",
+}
+
+
 def pytest_configure(config):
     ARTIFACTS.mkdir(exist_ok=True)
     config.pluginmanager.register(_ExclusiveFixtures(), "webformers-exclusive-fixtures")
@@ -47,6 +58,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
         elif item.get_closest_marker("slow") is None and item.get_closest_marker("browser") is None:
             item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("browser") is not None and item.path.name in _BESIDE_FILES:
+            item.add_marker(pytest.mark.beside)
 
 
 class _ExclusiveFixtures:
