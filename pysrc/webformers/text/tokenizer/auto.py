@@ -10,6 +10,8 @@ from .tokenizer import Tokenizer, _load_json
 
 __all__ = ["AutoTokenizer"]
 
+_PENDING: set = set()  # compact forms being stored
+
 
 class AutoTokenizer:
     """``tokenizer = await AutoTokenizer.from_pretrained(model, revision=, host=, progress_callback=)``."""
@@ -58,7 +60,9 @@ class AutoTokenizer:
         tokenizer = Tokenizer(tokenizer_json, tokenizer_config)
         keep = repo.put_derived("tokenizer.json", compact.KIND, compact.dumps(tokenizer_json, tokenizer))
         if platform.IN_BROWSER:  # stored while the page goes on (the model loads next)
-            asyncio.ensure_future(_quietly(keep))
+            task = asyncio.ensure_future(_quietly(keep))
+            _PENDING.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(_PENDING.discard)
         else:
             await _quietly(keep)
         return tokenizer
