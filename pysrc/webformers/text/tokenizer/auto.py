@@ -58,19 +58,20 @@ class AutoTokenizer:
                 pass  # not readable here: parsed from tokenizer.json below, and kept again
         tokenizer_json = _load_json(await repo.text("tokenizer.json"), "tokenizer.json")
         tokenizer = Tokenizer(tokenizer_json, tokenizer_config)
-        keep = repo.put_derived("tokenizer.json", compact.KIND, compact.dumps(tokenizer_json, tokenizer))
-        if platform.IN_BROWSER:  # stored while the page goes on (the model loads next)
-            task = asyncio.ensure_future(_quietly(keep))
+        keep = _keep(repo, tokenizer_json, tokenizer)
+        if platform.IN_BROWSER:  # made and stored while the page goes on (the model loads next)
+            task = asyncio.ensure_future(keep)
             _PENDING.add(task)  # the loop holds tasks weakly
             task.add_done_callback(_PENDING.discard)
         else:
-            await _quietly(keep)
+            await keep
         return tokenizer
 
 
-async def _quietly(keep) -> None:
-    """Store the compact form; a failure (quota, a closed cache) only costs the next load its parse."""
+async def _keep(repo, tokenizer_json: dict, tokenizer: Tokenizer) -> None:
+    """Make and store the compact form; a failure (quota, a closed cache) only costs the next load its parse."""
+    await asyncio.sleep(0)  # in the browser: after the caller has its tokenizer
     try:
-        await keep
+        await repo.put_derived("tokenizer.json", compact.KIND, compact.dumps(tokenizer_json, tokenizer))
     except Exception:
         pass
