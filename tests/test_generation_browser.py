@@ -54,8 +54,12 @@ def test_greedy_in_page_equals_reference(page_with_models, models_root, dtype, d
     ref = [int(t) for t in reference_greedy(models_root / MODEL, dtype, prompt, N_NEW)]
     ref_new = ref[-N_NEW:]
     res = run_py(page, _load(host, dtype, device) + f"""
+from webformers.runtime.backend._ortweb import request_counts
 prompt = {prompt!r}
+before = request_counts()
 out = await model.generate(prompt, max_new_tokens={N_NEW}, eos_token_id=None)
+after = request_counts()
+requests = {{k: after.get(k, 0) - before.get(k, 0) for k in after}}
 s1 = dict(model.last_generation_stats)
 full = await model.generate(prompt, max_new_tokens={N_NEW}, eos_token_id=None, use_cache=False)
 nxt = out[0].tolist() + tok.encode(" And then", add_special_tokens=False)
@@ -67,7 +71,8 @@ model.clear_cache()
 fresh = await model.generate(nxt, max_new_tokens=8, eos_token_id=None)
 json.dumps({{"out": out[0].tolist(), "full": full[0].tolist(), "reused": reused[0].tolist(),
             "fresh": fresh[0].tolist(), "stats": {{k: v for k, v in s1.items() if not isinstance(v, list)}},
-            "reused_tokens": s2["reused_tokens"], "device": model.device, "kv_is_js": kv_is_js}})
+            "reused_tokens": s2["reused_tokens"], "device": model.device, "kv_is_js": kv_is_js,
+            "requests": requests}})
 """)
     res = json.loads(res)
     dump_json(f"generation_browser_stats_{dtype}_{device}.json", res["stats"])
@@ -79,6 +84,10 @@ json.dumps({{"out": out[0].tolist(), "full": full[0].tolist(), "reused": reused[
     assert res["reused"] == res["fresh"]
     st = res["stats"]
     assert st["new_tokens"] == N_NEW and st["prefill_ms"] > 0 and st["step_overhead_ms_mean"] > 0
+    # one request per run: the KV tensors a step releases are freed by the next run's request (a separate
+    # release request only when no run follows within _FLUSH_AFTER_S, e.g. a step delayed on a loaded machine)
+    req = res["requests"]
+    assert req.get("run") == N_NEW and req.get("release", 0) <= 2, req
 
 
 def test_streaming_and_cancel_in_page(page_with_models):

@@ -58,11 +58,15 @@ async function create(model, external, options) {
   return { sid, info: sessionInfo(s), form };
 }
 
+// a GPU buffer of a lost WebGPU device cannot be disposed (onnxruntime-web throws): it is gone already, and the
+// run carrying these refs must not fail for it
 function free(refs) {
   for (const ref of refs || []) {
     const t = tensors.get(ref);
     tensors.delete(ref);
-    if (t && t.location === "gpu-buffer") t.dispose();
+    if (t && t.location === "gpu-buffer") {
+      try { t.dispose(); } catch (e) { /* its device was lost */ }
+    }
   }
 }
 

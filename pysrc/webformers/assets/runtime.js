@@ -9,7 +9,7 @@
 // inThread: true runs onnxruntime-web in this thread, false requires a Worker, unset: a Worker where one exists.
 // The runtime: create(model, external, optionsJson), run(specJson, ...arrays), release(refs), dispose(sid),
 // adopt(key), dropWarm(), remember(model, module, planJson), info() (null until ready: {threads, version,
-// mode}), adapterInfo(), sha256(bytes). onnxruntime-web runs in a module Worker of its own (ort-host.js)
+// mode}), calls() (the requests sent by method, JSON), adapterInfo(), sha256(bytes). onnxruntime-web runs in a module Worker of its own (ort-host.js)
 // where `Worker` exists, else (or with inThread) in this thread; both run the handlers of ort-core.js.
 // threads: onnxruntime-web's WASM threads (default: up to 4 when cross-origin isolated, else 1; 1 in-thread
 // without Worker). hooks: a same-origin module with installOrtHooks (see ort-core.js); warm: a model id whose
@@ -253,7 +253,13 @@ export function launchRuntime(assetsUrl, options = {}) {
     const h = live();
     return h.ready.then(() => fn(h));
   };
-  const call = (method, args, transfer) => onHost((h) => h.caller.call(method, args, inThread ? [] : transfer));
+  // requests sent to onnxruntime's side, by method (calls(): what a generation costs in messages)
+  const sent = {};
+  const send = (h, method, args = [], transfer = []) => {
+    sent[method] = (sent[method] || 0) + 1;
+    return h.caller.call(method, args, inThread ? [] : transfer);
+  };
+  const call = (method, args, transfer) => onHost((h) => send(h, method, args, transfer));
   const isLive = (gen) => current !== null && current.gen === Number(gen);
   const staleError = (what) => {
     const e = new Error(`webformers: ${what} belonged to an onnxruntime worker that crashed; create it again`);
@@ -276,7 +282,7 @@ export function launchRuntime(assetsUrl, options = {}) {
       }
       const transfer = [model, ...ext.map((e) => e.data)].filter(wholeBuffer).map((a) => a.buffer);
       return JSON.stringify(await onHost(async (h) => ({
-        ...(await h.caller.call("create", [model, ext, JSON.parse(optionsJson)], inThread ? [] : transfer)),
+        ...(await send(h, "create", [model, ext, JSON.parse(optionsJson)], transfer)),
         gen: h.gen,
       })));
     },
@@ -308,16 +314,18 @@ export function launchRuntime(assetsUrl, options = {}) {
     release: async (refs, gen = null) => (gen == null || isLive(gen) ? call("release", [Array.from(refs)]) : null),
     dispose: async (sid, gen = null) => (gen == null || isLive(gen) ? call("dispose", [sid]) : null),
     adopt: async (key) => JSON.stringify(await onHost(async (h) => {
-      const r = await h.caller.call("adopt", [key]);
+      const r = await send(h, "adopt", [key]);
       return r === null ? null : { ...r, gen: h.gen };
     })),
     dropWarm: () => call("dropWarm"),
     remember: (model, module, planJson) => call("remember", [model, module, JSON.parse(planJson)]),
     info: () => info,
+    // the requests sent so far, by method, as JSON ({"run": 17, "release": 1, ...})
+    calls: () => JSON.stringify(sent),
     // whether worker `gen` is the one running (false once it crashed: its sessions are gone)
     isLive,
     // null, or {reason, message} once the live worker's WebGPU device was lost
-    deviceLost: () => (current === null ? Promise.resolve(null) : onHost((h) => h.caller.call("deviceLost"))),
+    deviceLost: () => (current === null ? Promise.resolve(null) : onHost((h) => send(h, "deviceLost"))),
     // Test hooks (tests/test_recovery.py), worker mode only: "crash" stops the worker, "lose-device" destroys
     // onnxruntime-web's GPUDevice; at "now", or "run": when the next run request arrives (crash: instead of
     // answering it; lose-device: once it started)

@@ -157,6 +157,13 @@ def runtime_info() -> dict | None:
     return {**out, "mode": out.get("mode", "worker")}
 
 
+def request_counts() -> dict:
+    """The requests sent to onnxruntime's side so far, by method (``{"run": 17, "release": 1, ...}``); a
+    decode step costs one run and nothing else."""
+    rt = _started_runtime()
+    return {} if rt is None or not hasattr(rt, "calls") else json.loads(rt.calls())
+
+
 async def adapter_info() -> dict:
     """The WebGPU adapter and WASM threads (``wfBridge.adapterInfo`` when the host has one, else the runtime's)."""
     try:
@@ -175,6 +182,9 @@ async def adapter_info() -> dict:
 _to_free: list[int] = []
 _free_gen = None  # the worker the refs in _to_free belong to
 _flush_scheduled = False
+#: how long released refs wait for a run to carry them before they are sent on their own (s): a decode
+#: loop's next step takes them along, so a step costs one message each way
+_FLUSH_AFTER_S = 0.05
 #: workers whose WebGPU device was lost (their gpu-buffer tensors are gone)
 _lost_gpu: set = set()
 
@@ -219,12 +229,13 @@ class RemoteTensor:
         return not _is_live(self.gen) or (self.location == "gpu-buffer" and self.gen in _lost_gpu)
 
     def release(self) -> None:
-        """Free it in the worker (batched: sent with the next run, or at the next turn of the event loop)."""
+        """Free it in the worker: batched, sent with the next run, or after ``_FLUSH_AFTER_S`` without one
+        (refs of a worker that is gone are dropped there)."""
         global _flush_scheduled, _free_gen
         if not self._live:
             return
         self._live = False
-        if not _is_live(self.gen):  # gone with its worker
+        if self.location == "gpu-buffer" and self.gen in _lost_gpu:  # gone with its WebGPU device
             return
         if self.gen != _free_gen:  # a new worker: the refs kept for the old one are gone with it
             _to_free.clear()
@@ -233,7 +244,7 @@ class RemoteTensor:
         if not _flush_scheduled:
             _flush_scheduled = True
             try:
-                asyncio.get_running_loop().call_soon(_flush)
+                asyncio.get_running_loop().call_later(_FLUSH_AFTER_S, _flush)
             except RuntimeError:  # no running loop (interpreter teardown): send now
                 _flush()
 
@@ -316,7 +327,9 @@ class Session:
             if isinstance(value, RemoteTensor):
                 if not value._live:
                     raise ValueError(f"input {name!r}: {value!r} was released")
-                if value.lost:
+                # the session's worker is live (checked above): only a tensor of another worker can be gone
+                if (value.gen != self._gen and value.lost) or (value.location == "gpu-buffer"
+                                                                and value.gen in _lost_gpu):
                     raise RuntimeCrashed(f"{self.label}: input {name!r}: {value!r} was lost with the onnxruntime "
                                          "worker (crashed) or the WebGPU device (lost) that held it; run again "
                                          "without it (a generation starts over)")
