@@ -139,8 +139,10 @@ _err = await _failing(_m, "lose-device", 2)
     assert "WebGPU device" in err[1] and "was lost" in err[1] and "now runs on wasm" in err[1], err
     assert dev1 == "wasm" and lost and lost["fallback"] == "wasm", res
     assert any("re-created on wasm" in w for w in warnings), warnings
-    again = run_py(page, "[await _tokens(_m), _m.session.device, _m.last_generation_stats['device']]")
-    assert again == [want, "wasm", "wasm"]
+    again = run_py(page, "[await _tokens(_m), _m.session.device, _m.last_generation_stats['device'], "
+                         "_m.session.form['form'], _m.load_timings['forms']['model']['form']]")
+    # the q4 model ran natively on WebGPU; on wasm its execution form is chosen again: the fp32 form
+    assert again == [want, "wasm", "wasm", "fp32", "fp32"]
     assert _model_requests(server, before) == [], "the fallback downloaded model files again"
     assert not origin_violations(page)
 

@@ -23,7 +23,8 @@ out when no form was chosen (``execution="auto"`` on CPython runs every stored f
 Recovery (browser): each session gets ``session.recovery``, a :class:`Recovery` holding what made it. After
 the onnxruntime worker crashed, a session's next run re-creates it in the new worker from the repo's files
 (read from the Cache API and sha256-checked by the store: no download). When the WebGPU device is lost, every
-session of the load is re-created on wasm (same files, same execution form; a ``warning`` event says so,
+session of the load is re-created on wasm (same files; the execution forms chosen again for wasm, e.g. the fp32
+form of a quantized model that ran natively on WebGPU, ``timings["forms"]`` updated; a ``warning`` event says so,
 ``loaded.device`` and ``timings["device_lost"]`` too, and so do the ``owners``: e.g. the CausalLM, whose
 ``device`` / ``load_timings`` / ``warnings`` follow) and the run in flight raises ``DeviceLost`` saying so;
 ``strict=True`` keeps the error (no fallback). A load asked for WebGPU after the device was lost plans wasm
@@ -86,9 +87,9 @@ class Recovery:
     """Re-creates the sessions of one load: after a worker crash (same device) or a lost WebGPU device (wasm)."""
 
     def __init__(self, repo: ModelRepo, loaded: "Loaded", files: dict, forms_by_module: dict, keep: dict,
-                 strict: bool, events: LoadEvents):
+                 strict: bool, events: LoadEvents, form_request: forms.FormRequest):
         self.repo, self.loaded, self.files, self.forms, self.keep = repo, loaded, files, forms_by_module, keep
-        self.strict, self.events = strict, events
+        self.strict, self.events, self.form_request = strict, events, form_request
         #: objects whose ``device``, ``load_timings`` and ``warnings`` follow a fallback (set when present)
         self.owners: list = []
         self._lock = asyncio.Lock()
@@ -96,16 +97,33 @@ class Recovery:
     def _module(self, session) -> str:
         return next(m for m, s in self.loaded.sessions.items() if s is session)
 
-    async def _make(self, module: str, device: str):
+    async def _read(self, module: str) -> dict:
+        return dict(zip(self.files[module], await asyncio.gather(*(self.repo.file(f) for f in self.files[module]))))
+
+    async def _make(self, module: str, device: str, by_path: dict | None = None):
+        by_path = by_path if by_path is not None else await self._read(module)
         main, *rest = _main_first(module, self.files[module])
-        datas = await asyncio.gather(*(self.repo.file(f) for f in (main, *rest)))
-        external = [{"path": f.rsplit("/", 1)[-1], "data": d} for f, d in zip(rest, datas[1:])]
+        external = [{"path": f.rsplit("/", 1)[-1], "data": by_path[f]} for f in rest]
         t0 = time.perf_counter()
-        s = await backend.create_session(datas[0], device=device, external_data=external or None,
+        s = await backend.create_session(by_path[main], device=device, external_data=external or None,
                                          keep_on_device=self.keep.get(module, []) if device == "webgpu" else [],
                                          form=self.forms[module])
         self.loaded.timings[f"session:{module}"] = round((time.perf_counter() - t0) * 1000, 1)
         return s
+
+    async def _choose_wasm_forms(self) -> dict:
+        """The files of every module, after choosing the execution forms for wasm again (the load's
+        ``execution`` / ``max_memory``): a quantized model that ran natively on WebGPU runs in the fp32 form
+        where it fits. ``timings["forms"]`` then reports the new choice."""
+        by_path = {}
+        for m in self.files:
+            by_path.update(await self._read(m))
+        plan = _FormPlan(self.files, self.loaded.dtypes, "wasm")
+        sizes = {f: platform.byte_length(d) for f, d in by_path.items()}
+        choices = _choose_forms(plan, self.form_request, {}, by_path, sizes)
+        self.forms.update({m: c.form for m, c in choices.items()})
+        self._choices = choices
+        return by_path
 
     async def recreate(self, session) -> None:
         """Make ``session`` again on its device in the running worker (its old worker crashed)."""
@@ -127,10 +145,15 @@ class Recovery:
                              "device='wasm', or reload the page for a new WebGPU device")
         async with self._lock:
             if self.loaded.device == "webgpu":
+                by_path = await self._choose_wasm_forms()
                 for m, s in self.loaded.sessions.items():
-                    fresh = await self._make(m, "wasm")
+                    fresh = await self._make(m, "wasm", by_path)
                     s.dispose()
                     s.replace_with(fresh)
+                del by_path
+                if self.form_request.chooses(backend.backend_name):
+                    self.loaded.timings["forms"] = {m: _form_report(self._choices[m], s.form)
+                                                    for m, s in self.loaded.sessions.items()}
                 warning = (f"{self.repo.model}: the WebGPU device was lost; the model's sessions were "
                            "re-created on wasm from the cached files (strict=True turns this fallback off)")
                 self.loaded.device = "wasm"
@@ -169,6 +192,14 @@ def _main_first(module: str, files: list[str]) -> list[str]:
     if len(main) != 1:
         raise ValueError(f"{module}: expected one .onnx file in {files}")
     return main + [f for f in files if f != main[0]]
+
+
+@dataclass
+class _FormPlan:
+    """What :func:`_choose_forms` reads of a load plan."""
+    files: dict
+    dtypes: dict
+    device: str
 
 
 def _choose_forms(plan, request: forms.FormRequest, adopted: dict, by_path: dict, sizes: dict) -> dict:
@@ -313,7 +344,7 @@ async def load_sessions(repo: ModelRepo, modules: list[str] | None = None, *, dt
         keep = {m: list(keep_on_device.get(m, ())) if keep_on_device is not None
                 else [n for n in s.output_names if n.startswith("present")] for m, s in sessions.items()}
         loaded.recovery = Recovery(repo, loaded, dict(plan.files), {m: s.form["form"] for m, s in sessions.items()},
-                                   keep, strict, events)
+                                   keep, strict, events, form_request)
         for m, s in sessions.items():
             s.label = f"{repo.model} {m} ({plan.dtypes[m]} on {plan.device})"
             s.recovery = loaded.recovery
