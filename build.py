@@ -131,11 +131,11 @@ def generate(args):
 
 
 def bench(args):
-    from buildtools.bench import main as run
+    from buildtools.bench import _cli as run
     if not args.no_build:
         setup()
         build(args)
-    sys.exit(run(args))
+    sys.exit(run(args.bench_args))
 
 
 def readme(args):
@@ -177,14 +177,12 @@ def main(argv=None):
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-models", action="store_true")
     p.set_defaults(fn=generate)
-    p = sub.add_parser("bench", help="benchmark webformers vs transformers.js and onnxruntime (JSON + table)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="one dtype, one round")
-    p.add_argument("--threads", default="1",
-                   help="onnxruntime threads for every runtime (default 1), or 'default': each library's own")
+    p = sub.add_parser("bench", help="benchmark webformers vs transformers.js, wllama and onnxruntime (JSON + "
+                       "table); its options (--rounds, --quick, --threads, --configs, ...): "
+                       "python3 -m buildtools.bench --help")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--no-models", action="store_true")
-    p.set_defaults(fn=bench)
+    p.set_defaults(fn=bench, bench_args=[])
     p = sub.add_parser("readme", help="regenerate the README's measured tables from docs/reports/")
     p.add_argument("--from-site", action="store_true",
                    help="first copy the demo models' quantization reports from dist/site/models")
@@ -192,9 +190,12 @@ def main(argv=None):
     # `test -q --durations=60 ...`: options build.py does not know go to pytest, in their order
     args, extra = ap.parse_known_args(argv)
     if extra:
-        if args.cmd != "test":
+        if args.cmd == "bench":  # the benchmark's own options (buildtools/bench.py)
+            args.bench_args = extra
+        elif args.cmd != "test":
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.pytest_args = extra + args.pytest_args
+        else:
+            args.pytest_args = extra + args.pytest_args
     args.fn(args)
 
 

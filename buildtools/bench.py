@@ -344,12 +344,18 @@ def run_figures(cold: dict, warm: dict) -> dict:
 
 
 def webformers_profile(warm: dict) -> dict | None:
-    """Per decode step: ORT run vs everything else in the Python loop (from last_generation_stats)."""
+    """Where a decode step's time goes (medians over the steps): onnxruntime's own run (its worker's clock),
+    the bridge (Python's wait for a run minus that run: the requests, messages and conversions), the
+    Python loop between runs (logits, argmax, streamer, KV release), from last_generation_stats."""
     st = warm.get("stats") or {}
     if not st.get("step_run_ms"):
         return None
     runs, over = st["step_run_ms"], st.get("step_overhead_ms") or []
+    ort = (warm.get("ort_run_ms") or [])[1:]  # the first run is the prefill
+    bridge = [a - b for a, b in zip(runs, ort)] if len(ort) == len(runs) else []
     return {"step_run_ms_median": statistics.median(runs),
+            "ort_run_ms_median": statistics.median(ort) if ort else None,
+            "bridge_ms_median": statistics.median(bridge) if bridge else None,
             "step_overhead_ms_median": statistics.median(over) if over else None,
             "prefill_ms": st.get("prefill_ms"), "decode_tokens_per_s_python": st.get("decode_tokens_per_s")}
 
@@ -728,9 +734,13 @@ def markdown(result: dict) -> str:
                          + " | ".join(cells) + " |" + (" |" * (2 if wl else 1)))
         prof = c.get("webformers_step_profile")
         if prof and prof.get("step_run_ms_median"):
-            lines += ["", f"webformers decode step (from `last_generation_stats`): ORT run "
-                      f"{_fmt(prof['step_run_ms_median'], 'x')} ms, rest of the Python loop (logits copy, "
-                      f"argmax, streamer/detokenize, KV release, bridge) "
+            bridge = prof.get("bridge_ms_median")
+            lines += ["", f"webformers decode step (medians, from `last_generation_stats` and the run probe): "
+                      f"Python waits {_fmt(prof['step_run_ms_median'], 'x')} ms for each run"
+                      + (f", of which onnxruntime runs {_fmt(prof['ort_run_ms_median'], 'x')} and the bridge "
+                         f"(request, messages both ways, conversions) takes {_fmt(bridge, 'x')} ms"
+                         if isinstance(bridge, dict) else "")
+                      + f"; the Python loop between runs (logits, argmax, streamer/detokenize, KV release) "
                       f"{_fmt(prof.get('step_overhead_ms_median'), 'x')} ms."]
         if c["failures"]:
             lines += ["", "Failures:"] + [f"- round {f['round'] + 1} {f['lib']} {f['run']}: {f['error'][:300]}"
