@@ -7,7 +7,8 @@
 //   postMessageHost(scope) -> {emit, isCancelled, resetCancel}: the demo page's event and Stop glue
 //
 // inThread: true runs onnxruntime-web in this thread, false requires a Worker, unset: a Worker where one exists.
-// The runtime: create(model, external, optionsJson), run(specJson, ...arrays), release(refs), dispose(sid),
+// The runtime: create(model, external, optionsJson), run(specJson, ...arrays), runShared(specJson, blockMs,
+// ...arrays) (the reply through shared memory, run-channel.js), release(refs), dispose(sid),
 // adopt(key), dropWarm(), remember(model, module, planJson), info() (null until ready: {threads, version,
 // mode}), calls() (the requests sent by method, JSON), adapterInfo(), sha256(bytes). onnxruntime-web runs in a module Worker of its own (ort-host.js)
 // where `Worker` exists, else (or with inThread) in this thread; both run the handlers of ort-core.js.
@@ -15,11 +16,12 @@
 // without Worker). hooks: a same-origin module with installOrtHooks (see ort-core.js); warm: a model id whose
 // last load is replayed from the Cache API while the caller boots (worker mode).
 import { RpcCaller, transferValue } from "./rpc.js";
+import { canBlock, RunChannel } from "./run-channel.js";
 import { sha256Hex } from "./sha256.js";
 
 /** The files the runtime needs, relative to the assets URL. */
 export const RUNTIME_FILES = [
-  "runtime.js", "ort-host.js", "ort-core.js", "rpc.js", "sha256.js", "exec-form.js",
+  "runtime.js", "ort-host.js", "ort-core.js", "rpc.js", "run-channel.js", "sha256.js", "exec-form.js",
   "ort/ort.webgpu.min.mjs", "ort/ort-wasm-simd-threaded.asyncify.mjs", "ort/ort-wasm-simd-threaded.asyncify.wasm",
 ];
 // module scripts need a JavaScript type; a .wasm only must not be a page (an HTML fallback answer)
@@ -130,15 +132,15 @@ export function watchDevice(handlers, ortUrl) {
       return r;
     },
     // gpu: the session runs on WebGPU (the caller knows; warm-started sessions were made without this wrapper)
-    async run(sid, feeds, fetch, free, gpu = false) {
-      if (!gpu) return handlers.run(sid, feeds, fetch, free);
+    async run(sid, feeds, fetch, free, gpu = false, carry = null) {
+      if (!gpu) return handlers.run(sid, feeds, fetch, free, carry);
       if (lost) throw deviceLostError(lost, "run");
       if (!gpuSids.has(sid)) gpuSids.set(sid, await watch().catch(() => null));
       let reject;
       const onLoss = new Promise((_, r) => { reject = r; });
       onLoss.catch(() => {});
       waiting.add(reject);
-      const running = handlers.run(sid, feeds, fetch, free).catch(async (e) => {
+      const running = handlers.run(sid, feeds, fetch, free, carry).catch(async (e) => {
         // a run can fail on the lost device before `device.lost` settles: give it a moment to
         for (let t = 0; t < LOST_GRACE_MS && !lost; t += 50) await sleep(50);
         throw lost ? deviceLostError(lost, "run") : e;
@@ -205,19 +207,30 @@ export function launchRuntime(assetsUrl, options = {}) {
   // named "RuntimeCrashed"; the next call starts a new worker. In-thread there is one "worker", gen 1.
   let generation = 0;
   let current = null;
+  // runs answered through shared memory (run-channel.js) where this thread may block on it
+  const shared = !inThread && canBlock();
   function startHost() {
     const gen = ++generation;
     const worker = new Worker(hostUrl, { type: "module" });
     const caller = new RpcCaller(worker);
+    const channel = shared ? new RunChannel(worker) : null;
     const booted = { done: false };
     const died = (why) => {
       if (caller.failure !== null) return;
       const during = [...new Set(caller.pendingMethods())];
-      caller.fail(booted.done
+      if (channel && channel.busy) during.push("run");
+      const message = booted.done
         ? `webformers: the onnxruntime worker (${hostUrl}) ${why}` +
-          `${during.length ? ` during ${during.join(", ")}` : " while idle"}; its sessions and tensors are gone: ` +
-          "the next call starts a new worker and models re-create their sessions from the cached files"
-        : `the onnxruntime worker (${hostUrl}) failed: ${why}`, "RuntimeCrashed");
+          `${during.length ? ` during ${[...new Set(during)].join(", ")}` : " while idle"}; its sessions and ` +
+          "tensors are gone: the next call starts a new worker and models re-create their sessions from the " +
+          "cached files"
+        : `the onnxruntime worker (${hostUrl}) failed: ${why}`;
+      caller.fail(message, "RuntimeCrashed");
+      if (channel) {
+        const e = new Error(message);
+        e.name = "RuntimeCrashed";
+        channel.fail(e);
+      }
       worker.terminate();
       if (current && current.gen === gen) current = null;
     };
@@ -232,13 +245,14 @@ export function launchRuntime(assetsUrl, options = {}) {
     });
     const ready = initialise(caller, booted);
     ready.catch(() => {});
-    current = { gen, caller, ready, worker };
+    current = { gen, caller, ready, worker, booted, channel };
     return current;
   }
   if (inThread) {
     const local = checked.then(() => localCaller(base));
     const caller = { call: (method, args) => local.then((c) => c.call(method, args)), fail() {} };
-    current = { gen: ++generation, caller, ready: local.then(() => initialise(caller, {})), worker: null };
+    current = { gen: ++generation, caller, ready: local.then(() => initialise(caller, {})), worker: null,
+                booted: {}, channel: null };
     current.ready.catch(() => {});
   } else {
     startHost();
@@ -269,6 +283,34 @@ export function launchRuntime(assetsUrl, options = {}) {
   // The calls other modules make on the worker (web/worker.js hands this to its hooks): the live worker's
   const rpc = { call, fail: (message) => current && current.caller.fail(message) };
 
+  // a run's feeds: refs as they are, arrays copied out of the Python heap once (transferred to the worker)
+  const runFeeds = (specJson, arrays) => {
+    const spec = JSON.parse(specJson);
+    const feeds = {};
+    for (const [name, ref] of Object.entries(spec.refs)) feeds[name] = { ref };
+    const transfer = [];
+    spec.arrays.forEach(([name, type, dims], i) => {
+      const buf = arrays[i].getBuffer();
+      const data = buf.data.slice();
+      buf.release();
+      feeds[name] = { type, data, dims };
+      transfer.push(data.buffer);
+    });
+    if (spec.gen != null && !isLive(spec.gen)) throw staleError(`session ${spec.sid}`);
+    return { spec, feeds, transfer };
+  };
+  const rpcRun = async (spec, feeds, transfer) => {
+    const r = await call("run", [spec.sid, feeds, spec.fetch, spec.free, !!spec.gpu, spec.carry || null], transfer);
+    const meta = [];
+    const data = [];
+    for (const [name, o] of Object.entries(r.outputs)) {
+      if (o.ref !== undefined) meta.push([name, o.ref, o.type, o.dims, o.location]);
+      else { meta.push([name, null, o.type, o.dims, data.length]); data.push(o.data); }
+    }
+    const state = r.state ? [r.state.ref, r.state.location] : null;
+    return { meta: JSON.stringify({ outputs: meta, ms: r.ms, state }), data };
+  };
+
   // What Python calls (backend/_ortweb.py): array data is copied out of the Python heap once and
   // transferred to the worker; metadata crosses back as JSON.
   const ort = {
@@ -287,29 +329,31 @@ export function launchRuntime(assetsUrl, options = {}) {
       })));
     },
     // spec: JSON {sid, gen, gpu, refs: {name: ref}, arrays: [[name, type, dims]], fetch, free}; arrays: numpy
-    // PyProxies. gen: the worker that made the session (a stale one rejects); gpu: it runs on WebGPU
+    // PyProxies. gen: the worker that made the session (a stale one rejects); gpu: it runs on WebGPU; carry
+    // (optional): a carried state (ort-core.js run). Resolves to {meta: JSON {outputs: [[name, ref, type, dims,
+    // location] | [name, null, type, dims, index in data]], ms, state: [ref, location] | null}, data: [typed
+    // arrays]}.
     async run(specJson, ...arrays) {
-      const spec = JSON.parse(specJson);
-      const feeds = {};
-      for (const [name, ref] of Object.entries(spec.refs)) feeds[name] = { ref };
-      const transfer = [];
-      spec.arrays.forEach(([name, type, dims], i) => {
-        const buf = arrays[i].getBuffer();
-        const data = buf.data.slice();
-        buf.release();
-        feeds[name] = { type, data, dims };
-        transfer.push(data.buffer);
-      });
-      if (spec.gen != null && !isLive(spec.gen)) throw staleError(`session ${spec.sid}`);
-      const r = await call("run", [spec.sid, feeds, spec.fetch, spec.free, !!spec.gpu], transfer);
-      const meta = [];
-      const data = [];
-      for (const [name, o] of Object.entries(r.outputs)) {
-        if (o.ref !== undefined) meta.push([name, o.ref, o.type, o.dims, o.location]);
-        else { meta.push([name, null, o.type, o.dims, data.length]); data.push(o.data); }
-      }
-      return { meta: JSON.stringify({ outputs: meta, ms: r.ms }), data };
+      const { spec, feeds, transfer } = runFeeds(specJson, arrays);
+      return rpcRun(spec, feeds, transfer);
     },
+    // The same run, its reply through shared memory (run-channel.js) when this thread may block: waits up to
+    // blockMs for it. Returns {ready: true, value} (value: what run resolves to) or {ready: false, promise}
+    // (past blockMs, without a channel, or while another run is out).
+    runShared(specJson, blockMs, ...arrays) {
+      const { spec, feeds, transfer } = runFeeds(specJson, arrays);
+      const h = current;
+      if (!h || !h.channel || !h.booted.done || h.channel.busy || h.channel.failure) {
+        return { ready: false, promise: rpcRun(spec, feeds, transfer) };
+      }
+      sent.runShared = (sent.runShared || 0) + 1;
+      const r = h.channel.send({ sid: spec.sid, feeds, fetch: spec.fetch, free: spec.free, gpu: !!spec.gpu,
+                                 carry: spec.carry || null }, transfer, Number(blockMs));
+      if (!r.ready) sent.runSharedLate = (sent.runSharedLate || 0) + 1;
+      return r;
+    },
+    // whether runShared can answer through shared memory here
+    sharedRuns: shared,
     // refs / sid of a worker that is gone (gen) are dropped: the next worker reuses the numbers
     release: async (refs, gen = null) => (gen == null || isLive(gen) ? call("release", [Array.from(refs)]) : null),
     dispose: async (sid, gen = null) => (gen == null || isLive(gen) ? call("dispose", [sid]) : null),

@@ -11,7 +11,9 @@ the URL tried, also sent as an ``error`` event and to the console), then ``runti
 Model bytes go to the onnxruntime worker without entering Python memory; outputs Python does not fetch
 (the KV cache) stay there and are fed back by reference (:class:`RemoteTensor`), so per run only the small
 inputs and the fetched outputs (the logits) cross, each copied once. Metadata crosses as JSON, which is
-cheaper than walking JS objects attribute by attribute from Python.
+cheaper than walking JS objects attribute by attribute from Python. A decode step is one request: the refs
+released since the last run go with it, and where this thread may block (a cross-origin isolated worker)
+its reply comes back through shared memory (``runShared``, see ``_BLOCK_MAX_RUN_MS``).
 
 Execution forms: ``create_session(..., form="fp32")`` has the onnxruntime worker rewrite the model bytes
 (``webformers/assets/exec-form.js``) before it creates the session; the session says what was done (``session.form``).
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import js  # type: ignore[import-not-found]
 import numpy as np
@@ -182,6 +185,7 @@ async def adapter_info() -> dict:
 _to_free: list[int] = []
 _free_gen = None  # the worker the refs in _to_free belong to
 _flush_scheduled = False
+_first_release_at = 0.0  # time.monotonic() of the oldest ref in _to_free
 #: how long released refs wait for a run to carry them before they are sent on their own (s): a decode
 #: loop's next step takes them along, so a step costs one message each way
 _FLUSH_AFTER_S = 0.05
@@ -197,11 +201,19 @@ def _is_live(gen) -> bool:
 def _flush() -> None:
     global _flush_scheduled
     _flush_scheduled = False
-    if _to_free:
-        refs = to_js(_to_free[:])
-        _to_free.clear()
-        rt = _started_runtime()
-        rt.release(refs, _free_gen) if _free_gen is not None else rt.release(refs)
+    if not _to_free:
+        return
+    # refs released since a run last took them may still ride with the next one (a timer can fire late, e.g.
+    # after this thread blocked on a run; that run took the refs that waited then)
+    wait = _FLUSH_AFTER_S - (time.monotonic() - _first_release_at)
+    if wait > 0.001:
+        _flush_scheduled = True
+        asyncio.get_running_loop().call_later(wait, _flush)
+        return
+    refs = to_js(_to_free[:])
+    _to_free.clear()
+    rt = _started_runtime()
+    rt.release(refs, _free_gen) if _free_gen is not None else rt.release(refs)
 
 
 def _take_frees(gen) -> list[int]:
@@ -212,7 +224,8 @@ def _take_frees(gen) -> list[int]:
 
 
 class RemoteTensor:
-    """An output left in the onnxruntime worker (CPU memory there, or a GPU buffer under WebGPU)."""
+    """An output left in the onnxruntime worker (CPU memory there, or a GPU buffer under WebGPU); type "state":
+    the outputs a ``Session.run_state`` keeps together (a KV cache)."""
 
     __slots__ = ("ref", "type", "dims", "location", "gen", "_live")
 
@@ -231,7 +244,7 @@ class RemoteTensor:
     def release(self) -> None:
         """Free it in the worker: batched, sent with the next run, or after ``_FLUSH_AFTER_S`` without one
         (refs of a worker that is gone are dropped there)."""
-        global _flush_scheduled, _free_gen
+        global _flush_scheduled, _free_gen, _first_release_at
         if not self._live:
             return
         self._live = False
@@ -240,6 +253,8 @@ class RemoteTensor:
         if self.gen != _free_gen:  # a new worker: the refs kept for the old one are gone with it
             _to_free.clear()
             _free_gen = self.gen
+        if not _to_free:
+            _first_release_at = time.monotonic()
         _to_free.append(self.ref)
         if not _flush_scheduled:
             _flush_scheduled = True
@@ -274,6 +289,22 @@ def _numpy(data, ort_type: str, dims) -> np.ndarray:
 
 _NATIVE = {"form": "native", "changed": 0, "weights": 0, "rewrite_ms": 0.0}
 
+# Runs whose last run took at most _BLOCK_MAX_RUN_MS (a decode step) wait for their reply blocking this thread
+# (runtime.js runShared: shared memory, no event-loop turn), up to twice the last run's time plus
+# _BLOCK_MARGIN_MS; past that the reply is awaited, so a crashed worker is still noticed. Longer runs (a
+# prefill) are awaited from the start: against them the saving is nothing.
+_BLOCK_MAX_RUN_MS = 500.0
+_BLOCK_MARGIN_MS = 25.0
+_shared_by_runtime: dict = {}
+
+
+def _shared_runs(rt) -> bool:
+    """Whether ``rt`` answers runs through shared memory in this thread (asked once per runtime object)."""
+    key = id(rt)
+    if key not in _shared_by_runtime:
+        _shared_by_runtime[key] = bool(getattr(rt, "sharedRuns", False)) and hasattr(rt, "runShared")
+    return _shared_by_runtime[key]
+
 
 class Session:
     """A session in the onnxruntime worker ``gen``. ``label`` names it in errors; ``recovery`` (set by
@@ -292,6 +323,10 @@ class Session:
 
     def _set(self, sid: int, info: dict, device: str, form: dict | None, gen) -> None:
         self._sid, self._gen = sid, gen
+        #: the (input, output) pairs of run_state the worker holds for this session
+        self._carry_pairs = None
+        #: how long the next run may block this thread waiting for its reply (0: await it), from the last run
+        self._block_ms = 0
         self.device = device
         #: the execution form it was created in (see runtime.backend: create_session)
         self.form = form or dict(_NATIVE)
@@ -314,6 +349,25 @@ class Session:
         return self._sid is not None and not _is_live(self._gen)
 
     async def run(self, feeds: dict, fetch=None) -> dict:
+        return (await self._run(feeds, fetch, None, None))[0]
+
+    async def run_state(self, feeds: dict, state, pairs, fetch=None) -> tuple[dict, "RemoteTensor"]:
+        """A run whose outputs ``o`` of ``pairs`` [(input i, output o)] stay together in the worker as one
+        state, fed as the inputs ``i`` of the next run_state (``state``; None: ``feeds`` hold those inputs).
+        ``state`` is consumed (freed by this run); returns (the other outputs, the new state)."""
+        if state is not None:
+            if not state._live:
+                raise ValueError(f"{state!r} was released or fed already")
+            if state.gen != self._gen or (state.location == "gpu-buffer" and state.gen in _lost_gpu):
+                raise RuntimeCrashed(f"{self.label}: {state!r} was lost with the onnxruntime worker (crashed) or "
+                                     "the WebGPU device (lost) that held it; run again without it (a generation "
+                                     "starts over)")
+        if state is not None:
+            state._live = False  # the worker frees it with this run
+        return await self._run(feeds, fetch, [list(p) for p in pairs], state)
+
+    async def _run(self, feeds: dict, fetch, pairs, state):
+        """A run; with ``pairs`` (not None) a run_state fed ``state``."""
         if self._sid is None:
             raise RuntimeError("this session was disposed")
         rt = await runtime()
@@ -322,6 +376,9 @@ class Session:
                 raise RuntimeCrashed(f"{self.label} was lost with the onnxruntime worker, which crashed; "
                                      "create the session again")
             await self.recovery.recreate(self)
+            if state is not None:
+                raise RuntimeCrashed(f"{self.label}: {state!r} was lost with the onnxruntime worker, which "
+                                     "crashed; run again without it (a generation starts over)")
         refs, specs, arrays = {}, [], []
         for name, value in feeds.items():
             if isinstance(value, RemoteTensor):
@@ -343,11 +400,20 @@ class Session:
                                 f"supported: {', '.join(str(d) for d in _TO_ORT)}") from None
             specs.append([name, ort_type, list(arr.shape)])
             arrays.append((arr.view(view) if view is not None else arr).reshape(-1))
-        spec = json.dumps({"sid": self._sid, "gen": self._gen, "gpu": self.device == "webgpu", "refs": refs,
-                           "arrays": specs, "fetch": None if fetch is None else list(fetch),
-                           "free": _take_frees(self._gen)})
+        spec = {"sid": self._sid, "gen": self._gen, "gpu": self.device == "webgpu", "refs": refs,
+                "arrays": specs, "fetch": None if fetch is None else list(fetch), "free": _take_frees(self._gen)}
+        if pairs is not None:  # the worker keeps a session's pairs: sent when they change (or it is new)
+            spec["carry"] = {"state": None if state is None else state.ref}
+            if pairs != self._carry_pairs:
+                spec["carry"]["pairs"] = self._carry_pairs = pairs
+        spec = json.dumps(spec)
         try:
-            res = await rt.run(spec, *arrays)
+            block = self._block_ms
+            if block and _shared_runs(rt):
+                r = rt.runShared(spec, block, *arrays)
+                res = r.value if r.ready else await r.promise
+            else:
+                res = await rt.run(spec, *arrays)
         except JsException as e:
             kind = str(getattr(e, "name", "") or "")
             if kind == "RuntimeCrashed":
@@ -360,14 +426,16 @@ class Session:
                 raise DeviceLost(message) from None
             raise
         meta = json.loads(res.meta)
-        self.last_run_ms = meta["ms"]
+        self.last_run_ms = ms = meta["ms"]
+        self._block_ms = 2 * ms + _BLOCK_MARGIN_MS if ms <= _BLOCK_MAX_RUN_MS else 0
         out = {}
         for name, ref, ort_type, dims, where in meta["outputs"]:
             if ref is None:
                 out[name] = _numpy(res.data[where], ort_type, dims)
             else:
                 out[name] = RemoteTensor(ref, ort_type, dims, where, self._gen)
-        return out
+        kept = meta.get("state")
+        return out, None if kept is None else RemoteTensor(kept[0], "state", (), kept[1], self._gen)
 
     def dispose(self) -> None:
         if self._sid is not None:
