@@ -14,7 +14,7 @@
 // the form choice Python made, which adopt hands back.
 //
 // `ortHandlers(server)` returns the handlers init(threads, hooks), create(model, external, options),
-// run(sid, feeds, fetch, free), release(refs), dispose(sid), warmStart(model), adopt(key), dropWarm(),
+// run(sid, feeds, fetch, free, carry), release(refs), dispose(sid), warmStart(model), adopt(key), dropWarm(),
 // remember(model, module, plan). init comes first; every other call waits for it. `hooks`: the URL of a
 // module whose `installOrtHooks({server, ort})` runs once onnxruntime-web is imported, before any session
 // exists (the benchmark's probes, web/bench/probe.js); `server` is the RpcServer of ort-host.js (null
@@ -27,6 +27,7 @@ let ort = null;
 const sessions = new Map();  // sid -> InferenceSession
 const tensors = new Map();   // ref -> ort.Tensor kept for Python (fed back by ref, freed by release)
 const warm = new Map();      // key -> Promise<{sid, info} | null>, sessions made before Python asked
+const carried = new Map();   // sid -> the [input, output] pairs of its runs with a carried state
 let nextSid = 1;
 let nextRef = 1;
 // one queue: onnxruntime-web rejects overlapping calls on a session and WebGPU setup must not race
@@ -60,21 +61,42 @@ async function create(model, external, options) {
 
 // a GPU buffer of a lost WebGPU device cannot be disposed (onnxruntime-web throws): it is gone already, and the
 // run carrying these refs must not fail for it
+function dispose1(t) {
+  if (t && t.location === "gpu-buffer") {
+    try { t.dispose(); } catch (e) { /* its device was lost */ }
+  }
+}
+
 function free(refs) {
   for (const ref of refs || []) {
     const t = tensors.get(ref);
     tensors.delete(ref);
-    if (t && t.location === "gpu-buffer") {
-      try { t.dispose(); } catch (e) { /* its device was lost */ }
-    }
+    if (t && t.group) t.group.forEach(dispose1);
+    else dispose1(t);
   }
 }
 
-async function run(sid, feeds, fetch, refs) {
+// carry: {state: ref | null, pairs?: [[input, output]]} (the pairs are sent once per session): the outputs of
+// the pairs are kept as one state {group: Map(output -> tensor), location} under a new ref, returned as
+// `state`; the state fed (its tensors as the pairs' inputs) is freed by this run
+async function run(sid, feeds, fetch, refs, carry = null) {
   free(refs);
   const s = sessions.get(sid);
   if (!s) throw new Error(`session ${sid} was disposed`);
   const inputs = {};
+  let pairs = null;
+  let fed = null;
+  if (carry) {
+    if (carry.pairs) carried.set(sid, carry.pairs);
+    pairs = carried.get(sid);
+    if (!pairs) throw new Error(`session ${sid}: a run with a carried state but no pairs`);
+    if (carry.state != null) {
+      fed = tensors.get(carry.state);
+      tensors.delete(carry.state);
+      if (!fed || !fed.group) throw new Error(`the state ${carry.state} was released`);
+      for (const [input, output] of pairs) inputs[input] = fed.group.get(output);
+    }
+  }
   for (const [name, f] of Object.entries(feeds)) {
     if (f.ref !== undefined) {
       const t = tensors.get(f.ref);
@@ -85,11 +107,25 @@ async function run(sid, feeds, fetch, refs) {
     }
   }
   const t0 = performance.now();
-  const res = await serial(() => s.run(inputs));
+  let res;
+  try {
+    res = await serial(() => s.run(inputs));
+  } finally {
+    if (fed) fed.group.forEach(dispose1);
+  }
   const ms = performance.now() - t0;
   const outputs = {};
   const transfer = [];
+  let state = null;
+  if (pairs) {
+    const group = new Map(pairs.map(([, output]) => [output, res[output]]));
+    const ref = nextRef++;
+    const location = group.size ? group.values().next().value.location : "cpu";
+    tensors.set(ref, { group, location });
+    state = { ref, location };
+  }
   for (const name of s.outputNames) {
+    if (state && tensors.get(state.ref).group.has(name)) continue;
     const t = res[name];
     if (fetch === null || fetch.includes(name)) {
       const data = t.location === "cpu" ? t.data : await t.getData();
@@ -102,12 +138,13 @@ async function run(sid, feeds, fetch, refs) {
       outputs[name] = { ref, type: t.type, dims: [...t.dims], location: t.location };
     }
   }
-  return withTransfer({ outputs, ms }, transfer);
+  return withTransfer({ outputs, ms, state }, transfer);
 }
 
 function dispose(sid) {
   const s = sessions.get(sid);
   sessions.delete(sid);
+  carried.delete(sid);
   if (s) return serial(() => s.release());
 }
 

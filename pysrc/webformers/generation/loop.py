@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..runtime.backend import run_with_state
 from .logits_process import build_logits_processor, greedy_next_token, sample_next_token
 from .stopping import CancelCriteria, stopping_criteria
 from .streamers import StreamerList
@@ -30,9 +31,9 @@ class DecoderStep:
 
     ``await step(ids) -> logits [1, vocab] float32``: run the model over ``ids``, the tokens after those
     fed so far, and keep what the next call needs. ``close()`` is called when generation ends normally,
-    ``abort()`` when it fails (free everything). ``run(feeds)`` is the one timed session run: it fetches
-    only ``logits`` (the KV outputs stay backend tensors) and asks for the last position's logits when the
-    session has a ``num_logits_to_keep`` input. ``run_ms`` lists the run times (the first is the prefill);
+    ``abort()`` when it fails (free everything). ``run(feeds)`` (or ``run_state``, the KV outputs kept as one
+    backend state) is the one timed session run: it fetches only ``logits`` (the KV outputs stay backend
+    tensors) and asks for the last position's logits when the session has a ``num_logits_to_keep`` input. ``run_ms`` lists the run times (the first is the prefill);
     ``reused_tokens`` counts prompt tokens a kept cache already held.
     """
 
@@ -51,6 +52,16 @@ class DecoderStep:
             feeds["num_logits_to_keep"] = np.array(1, dtype=np.int64)
         t0 = time.perf_counter()
         out = await self.session.run(feeds, fetch=["logits"])
+        self.run_ms.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    async def run_state(self, feeds: dict, state, pairs) -> tuple[dict, object]:
+        """``run`` through ``session.run_state`` (``runtime.backend.run_with_state``): (outputs, the new state
+        of ``pairs``' outputs)."""
+        if self._keep_last:
+            feeds["num_logits_to_keep"] = np.array(1, dtype=np.int64)
+        t0 = time.perf_counter()
+        out = await run_with_state(self.session, feeds, state, pairs, fetch=["logits"])
         self.run_ms.append((time.perf_counter() - t0) * 1000.0)
         return out
 

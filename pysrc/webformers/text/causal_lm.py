@@ -70,8 +70,8 @@ class CausalLM:
     """
 
     last_generation_stats: dict | None = None
-    #: the cache kept from the last generation (past name -> backend tensor) and the tokens it holds
-    _kv: dict | None = None
+    #: the cache kept from the last generation (a backend state of ``Session.run_state``) and the tokens it holds
+    _kv = None
     _kv_ids: list[int] | None = None
 
     def __init__(self, session, config: dict, generation_config: GenerationConfig | None = None, *,
@@ -143,10 +143,12 @@ class CausalLM:
         return {p: np.zeros(shape, dtype=self.kv_dtype) for p, _ in self.kv_pairs}
 
     def release(self, tensors) -> None:
-        """Free backend tensors (a dict of them, or None)."""
-        if tensors:
+        """Free backend tensors: a state of ``Session.run_state``, a dict of tensors, or None."""
+        if isinstance(tensors, dict):
             for v in tensors.values():
                 self.backend.release(v)
+        elif tensors is not None:
+            self.backend.release(tensors)
 
     def clear_cache(self) -> None:
         """Drop the KV cache kept from the last generation (frees its backend tensors)."""
@@ -159,13 +161,14 @@ class CausalLM:
         the cache); else free it: (0, None). The model keeps no cache afterwards."""
         kept, ids = self._kv, self._kv_ids
         self._kv = self._kv_ids = None
-        lost = kept is not None and any(getattr(v, "lost", False) for v in kept.values())  # crashed / device lost
+        values = kept.values() if isinstance(kept, dict) else [kept]
+        lost = kept is not None and any(getattr(v, "lost", False) for v in values)  # crashed / device lost
         if kept is not None and ids is not None and not lost and len(ids) < len(prompt) and prompt[:len(ids)] == ids:
             return len(ids), kept
         self.release(kept)
         return 0, None
 
-    def keep_cache(self, past: dict, ids: list[int]) -> None:
+    def keep_cache(self, past, ids: list[int]) -> None:
         """Keep ``past`` (the cache of the tokens ``ids``) for the next generation."""
         self.clear_cache()
         self._kv, self._kv_ids = past, list(ids)
@@ -215,8 +218,9 @@ class CausalLM:
 
 class CausalLMStep(DecoderStep):
     """A ``CausalLM``'s step: the prompt (after the kept cache's tokens, when reused), then one token per call,
-    each run fed the previous run's ``present.*`` as ``past_key_values.*``. With ``use_cache=False`` every
-    call recomputes the whole sequence from an empty cache. At the end the cache goes back to the model."""
+    each run fed the previous run's ``present.*`` as ``past_key_values.*`` (``Session.run_state``: the cache
+    stays in the backend as one state). With ``use_cache=False`` every call recomputes the whole sequence from
+    an empty cache. At the end the cache goes back to the model."""
 
     def __init__(self, lm: CausalLM, *, use_cache: bool = True, reuse_cache: bool = True):
         super().__init__(lm.session)
@@ -224,34 +228,33 @@ class CausalLMStep(DecoderStep):
         self.use_cache = use_cache
         self.reuse_cache = reuse_cache
         self.fed: list[int] = []  # every token run so far: the cache holds them
-        self.past: dict | None = None
-        self._past_is_empty = True  # the empty feeds are numpy arrays built here, not backend tensors
+        self.past = None  # the state holding the cache of ``fed`` (None: empty)
 
     async def __call__(self, ids: list[int]) -> np.ndarray:
         lm = self.lm
         if not self.use_cache:
             self.fed += ids
-            logits, present = await self._forward(self.fed, 0, lm.empty_past())
+            logits, present = await self._forward(self.fed, 0, None)
             lm.release(present)
             return logits
         if not self.fed:  # the prompt
             if self.reuse_cache:
-                past_len, past = lm.take_cache(ids)
+                past_len, self.past = lm.take_cache(ids)
             else:
-                past_len, past = 0, None
+                past_len, self.past = 0, None
                 lm.clear_cache()
             self.reused_tokens = past_len
             self.fed, ids = list(ids[:past_len]), ids[past_len:]
-            self.past, self._past_is_empty = (past, False) if past is not None else (lm.empty_past(), True)
-        logits, present = await self._forward(ids, len(self.fed), self.past)
-        if not self._past_is_empty:
-            lm.release(self.past)
-        self.past, self._past_is_empty = present, False
+        past, self.past = self.past, None  # consumed by the run
+        logits, self.past = await self._forward(ids, len(self.fed), past)
+        if isinstance(past, dict):  # the tensors of a session without run_state (backend.run_with_state)
+            lm.release(past)
         self.fed += ids
         return logits
 
-    async def _forward(self, ids: list[int], past_len: int, past: dict):
-        """One run over ``ids`` after ``past_len`` cached tokens: (logits [1, V], present tensors by past name)."""
+    async def _forward(self, ids: list[int], past_len: int, past):
+        """One run over ``ids`` after ``past_len`` cached tokens (the state ``past``, None: empty): (logits
+        [1, V], the state holding the cache of all of them)."""
         names = self.session.input_names
         n = len(ids)
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64)}
@@ -259,19 +262,19 @@ class CausalLMStep(DecoderStep):
             feeds["attention_mask"] = np.ones((1, past_len + n), dtype=np.int64)
         if "position_ids" in names:
             feeds["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
-        feeds.update(past)
-        out = await self.run(feeds)
-        return self.last_logits(out), {p: out[pr] for p, pr in self.lm.kv_pairs}
+        if past is None:
+            feeds.update(self.lm.empty_past())
+        out, present = await self.run_state(feeds, past, self.lm.kv_pairs)
+        return self.last_logits(out), present
 
     def close(self) -> None:
         """Keep the cache on the model: it holds every token fed (all but the last generated one)."""
-        if self.use_cache and self.past is not None and not self._past_is_empty:
+        if self.use_cache and self.past is not None:
             self.lm.keep_cache(self.past, self.fed)
         self.past = None
 
     def abort(self) -> None:
-        if not self._past_is_empty:
-            self.lm.release(self.past)
+        self.lm.release(self.past)
         self.past = None
         self.lm.clear_cache()
 

@@ -10,6 +10,11 @@ A ``Session``:
   previous ``run`` returned un-fetched (backend tensors, e.g. the KV cache, which stay in JS / on the
   GPU). Outputs named in ``fetch`` (all when ``fetch`` is None) come back as numpy arrays; the others
   come back as backend tensors to feed to the next run. Release those with ``release``;
+- ``await run_state(feeds, state, pairs, fetch=None)`` -> (outputs, new state), browser: the outputs ``o``
+  of ``pairs`` [(input ``i``, output ``o``)] are kept together in the onnxruntime worker as one state (a KV
+  cache: one reference instead of one tensor each), fed as the inputs ``i`` of the next call (``state`` None:
+  ``feeds`` hold them). The state passed in is consumed; ``release`` frees one not fed.
+  :func:`run_with_state` calls it, or does the same through ``run`` (the state a dict) for other sessions;
 - ``dispose()``.
 
 ``await create_session(model, device=..., external_data=None, keep_on_device=(), form="native")``: ``model``
@@ -41,6 +46,17 @@ else:
                        release, remember_warm_start)
 
 
+async def run_with_state(session, feeds: dict, state, pairs, fetch=None) -> tuple[dict, object]:
+    """``session.run_state(...)`` where the session has it, else the same through ``session.run``: the state is
+    then a dict of the pairs' outputs."""
+    if hasattr(session, "run_state"):
+        return await session.run_state(feeds, state, pairs, fetch)
+    if state is not None:
+        feeds = {**feeds, **{i: state[o] for i, o in pairs}}
+    out = await session.run(feeds, fetch)
+    return out, {o: out.pop(o) for _, o in pairs}
+
+
 def session_key(files: list[dict], device: str, keep_on_device=None, form: str = "native") -> str:
     """What makes a session: its files (manifest entries with ``sha256``, main model first), the device, the
     outputs kept on the device (None: the default for the device) and its execution form (a form, or what
@@ -51,4 +67,4 @@ def session_key(files: list[dict], device: str, keep_on_device=None, form: str =
 
 
 __all__ = ["Session", "adapter_info", "adopt_session", "backend_name", "create_session",
-           "drop_warm_sessions", "release", "remember_warm_start", "session_key"]
+           "drop_warm_sessions", "release", "remember_warm_start", "run_with_state", "session_key"]
