@@ -38,11 +38,6 @@ TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=3e-4, qat_grid_lr=3e-3, 
 #: opt-in: ``WEBFORMERS_SMOLLM2_QAT=STEPS`` (e.g. 160), ``WEBFORMERS_SMOLLM2_BUDGET=F`` (e.g. 0.12)
 SMOLLM2_QAT_ENV = "WEBFORMERS_SMOLLM2_QAT"
 SMOLLM2_BUDGET_ENV = "WEBFORMERS_SMOLLM2_BUDGET"
-#: the opt-in budget run's sensitivity pass: 2 windows x 64 calibration tokens (as the tiny model's), one width per
-#: decoder layer (its 7 Linears lowered together). Per Linear (210 x 4 widths, each running the layers after it and
-#: the 49152-word head) it took ~50 s per layer at 4 x 128 tokens, and ~170 s for the first layer at 2 x 64 on a
-#: loaded 2-core machine
-SMOLLM2_SENSITIVITY = dict(sensitivity_windows=2, sensitivity_window=64, sensitivity_per_layer=True)
 
 
 def toolchain_fingerprint() -> str:
@@ -67,8 +62,6 @@ def smollm2_lowbit() -> dict:
                 opts[key] = kind(raw)
             except ValueError:
                 raise ValueError(f"{env}={raw!r}: expected {'an integer step count' if kind is int else 'a fraction such as 0.12'}") from None
-    if opts["budget"] is not None:
-        opts.update(SMOLLM2_SENSITIVITY)
     return opts
 
 

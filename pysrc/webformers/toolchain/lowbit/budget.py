@@ -58,13 +58,11 @@ def _kl(ref_logp, logits) -> float:
 
 def measure_sensitivity(model, bits=(1, 2, 4, 8), tokenizer=None, texts=None, *, ids=None, windows: int = 4,
                         window: int = 128, batch: int = 4, hessians: dict | None = None,
-                        table: bool = False, per_layer: bool = False, log=None) -> dict[str, dict[int, float]]:
+                        table: bool = False, log=None) -> dict[str, dict[int, float]]:
     """{Linear name: {bits: KL}} — each decoder Linear of ``model`` alone rounded to each width (fitted grid,
     weighted by ``diag(hessians[name])`` when given), the rest full precision, measured on ``ids`` [W, T] (or
     ``windows`` x ``window`` calibration tokens). ``table``: also ``"lm_head"`` — the tied token table at each
-    width (:func:`.graph.table_values`) in both its uses. Layers run from the lowered one on (cached inputs).
-    ``per_layer``: {``"model.layers.<i>"``: {bits: KL}} — all Linears of a decoder layer lowered together (7x fewer
-    runs for a Llama layer; the plan is then one width per layer, :func:`layer_sizes`)."""
+    width (:func:`.graph.table_values`) in both its uses. Layers run from the lowered one on (cached inputs)."""
     import torch
 
     from .graph import table_values
@@ -82,23 +80,17 @@ def measure_sensitivity(model, bits=(1, 2, 4, 8), tokenizer=None, texts=None, *,
 
     for li, layer in enumerate(decoder_layers(model)):
         hidden = states.copy_hidden()
-        linears = linear_modules(layer, f"model.layers.{li}.")
-        units = [(f"model.layers.{li}", linears)] if per_layer else [(n, [(n, m)]) for n, m in linears]
-        for key, group in units:
-            saved = [m.weight.detach().clone() for _, m in group]
-            out[key] = {}
-            try:
-                for b in bits:
-                    for (name, m), w in zip(group, saved):
-                        h = None if hessians is None or name not in hessians else np.diag(hessians[name])
-                        q = rtn(w.float().numpy().T, b, h=h)
-                        with torch.no_grad():
-                            m.weight.copy_(torch.from_numpy(q.values()))
-                    out[key][b] = kl_from(li, hidden)
-            finally:
+        for name, m in linear_modules(layer, f"model.layers.{li}."):
+            w = m.weight.detach().clone()
+            h = None if hessians is None or name not in hessians else np.diag(hessians[name])
+            out[name] = {}
+            for b in bits:
+                q = rtn(w.float().numpy().T, b, h=h)
                 with torch.no_grad():
-                    for (_, m), w in zip(group, saved):
-                        m.weight.copy_(w)
+                    m.weight.copy_(torch.from_numpy(q.values()))
+                out[name][b] = kl_from(li, hidden)
+            with torch.no_grad():
+                m.weight.copy_(w)
         states.advance(li)
         if log:
             log(f"sensitivity layer {li + 1}/{len(decoder_layers(model))}")
@@ -164,19 +156,6 @@ def choose_bits(sensitivity: dict[str, dict[int, float]], sizes: dict[str, dict[
         plan[names[i]] = b
         c -= math.ceil(sizes[names[i]][b] / unit)
     return dict(sorted(plan.items()))
-
-
-def layer_sizes(sizes: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
-    """:func:`plan_sizes` summed per decoder layer (``"model.layers.<i>"``, the keys of ``per_layer``
-    sensitivities); other entries (the table) unchanged."""
-    out: dict[str, dict[int, int]] = {}
-    for n, s in sizes.items():
-        parts = n.split(".")
-        key = ".".join(parts[:3]) if n.startswith("model.layers.") and len(parts) > 3 else n
-        acc = out.setdefault(key, {})
-        for b, v in s.items():
-            acc[b] = acc.get(b, 0) + v
-    return out
 
 
 def plan_sizes(shapes: dict[str, tuple[int, int]], bits=(1, 2, 4, 8), table_shape: tuple[int, int] | None = None,

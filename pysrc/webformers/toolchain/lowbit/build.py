@@ -51,8 +51,6 @@ class LowbitOptions:
     qat_checkpoint_dir: str | None = None       # resumable QAT: one checkpoint file per width there
     sensitivity_windows: int = 4
     sensitivity_window: int = 128
-    #: one width per decoder layer (its Linears lowered together when measuring: 7x fewer runs) instead of per Linear
-    sensitivity_per_layer: bool = False
     seed: int = 0
 
     def key(self) -> dict:
@@ -191,13 +189,9 @@ class LowbitBuilder:
         limit, shapes, sizes = self.budget_bytes()
         sens = _budget.measure_sensitivity(self.model, BUDGET_WIDTHS, tokenizer=self.tokenizer,
                                            ids=self.calibration_ids()[:o.sensitivity_windows, :o.sensitivity_window],
-                                           table=True, per_layer=o.sensitivity_per_layer, log=self.log)
+                                           table=True, log=self.log)
         t_sens = time.monotonic() - t
-        if o.sensitivity_per_layer:
-            chosen = _budget.choose_bits(sens, _budget.layer_sizes(sizes), limit)
-            plan = {n: chosen[n if n == _budget.TABLE else ".".join(n.split(".")[:3])] for n in sizes}
-        else:
-            plan = _budget.choose_bits(sens, sizes, limit)
+        plan = _budget.choose_bits(sens, sizes, limit)
         table_bits = plan.pop(_budget.TABLE)
         if o.calibrate:
             w = by_initializer(self._gptq(plan), self.mapping())
@@ -209,10 +203,7 @@ class LowbitBuilder:
             "method": "budget", "budget": o.budget, "budget_bytes": int(o.budget * self.fp32_bytes),
             "plan_bytes": int(sum(sizes[n][b] for n, b in plan.items()) + sizes[_budget.TABLE][table_bits]),
             "table_bits": table_bits, "layer_bits": counts, "plan": plan,
-            "calibrated": o.calibrate,
-            "sensitivity": {"windows": o.sensitivity_windows, "window": o.sensitivity_window,
-                            "unit": "layer" if o.sensitivity_per_layer else "linear"},
-            "sensitivity_seconds": round(t_sens, 2),
+            "calibrated": o.calibrate, "sensitivity_seconds": round(t_sens, 2),
             "seconds": round(time.monotonic() - t, 2)}
         return build_variant(self.fp32, w, table_bits=table_bits, act=np.float32)
 
