@@ -26,7 +26,8 @@ export const transferValue = (r) => (r instanceof Transfer ? r.value : r);
 const isRequest = (m) => !!m && typeof m.id === "number" && typeof m.method === "string";
 const isReply = (m) => !!m && typeof m.id === "number" && typeof m.ok === "boolean" && !("method" in m);
 
-function errorData(e) {
+/** An error as data that crosses threads: {message, stack, name} (an Error's own name is left out). */
+export function errorData(e) {
   const message = e instanceof Error || (e && typeof e.message === "string") ? e.message : String(e);
   const name = e && typeof e.name === "string" && e.name !== "Error" ? e.name : null;
   return { message, stack: e && typeof e.stack === "string" ? e.stack : null, name };

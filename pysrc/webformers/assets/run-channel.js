@@ -11,7 +11,7 @@
 // meta: {outputs: [[name, ref, type, dims, location]] for outputs left in the worker, [name, null, type, dims,
 // index] for fetched ones, in the order of `blocks`: [[byteOffset, byteLength]]}, ms, state (a carried state:
 // [ref, location] | null), blocks} or {error}.
-import { transferValue } from "./rpc.js";
+import { errorData, transferValue } from "./rpc.js";
 
 const STATE = 0;
 const SEQ = 1;
@@ -125,23 +125,28 @@ export class RunChannel {
   }
 }
 
-/** Encode a run's result ({outputs: {name: {ref, type, dims, location} | {type, dims, data}}, ms}) or an error. */
-function encode(result, error) {
-  const enc = new TextEncoder();
-  if (error) {
-    const name = error && typeof error.name === "string" && error.name !== "Error" ? error.name : null;
-    const meta = enc.encode(JSON.stringify({ error: { message: error && error.message !== undefined
-      ? error.message : String(error), name, stack: error && error.stack ? String(error.stack) : null } }));
-    return { meta, blocks: [], total: 4 + meta.length };
-  }
+/** A run's result ({outputs: {name: {ref, type, dims, location} | {type, dims, data}}, ms, state}) as Python
+ *  reads it: {outputs: [[name, ref, type, dims, location] | [name, null, type, dims, index in datas]], state:
+ *  [ref, location] | null, datas: [typed arrays]}. */
+export function runReply(result) {
   const outputs = [];
   const datas = [];
   for (const [name, o] of Object.entries(result.outputs)) {
     if (o.ref !== undefined) outputs.push([name, o.ref, o.type, o.dims, o.location]);
     else { outputs.push([name, null, o.type, o.dims, datas.length]); datas.push(o.data); }
   }
+  return { outputs, state: result.state ? [result.state.ref, result.state.location] : null, datas };
+}
+
+/** Encode a run's result or an error. */
+function encode(result, error) {
+  const enc = new TextEncoder();
+  if (error) {
+    const meta = enc.encode(JSON.stringify({ error: errorData(error) }));
+    return { meta, blocks: [], total: 4 + meta.length };
+  }
+  const { outputs, state, datas } = runReply(result);
   // the meta's length depends on the offsets it lists: place the blocks after a generous guess, then check
-  const state = result.state ? [result.state.ref, result.state.location] : null;
   let guess = 4 + enc.encode(JSON.stringify({ outputs, ms: result.ms, state })).length + 32 * (datas.length + 1);
   for (;;) {
     let at = align8(guess);

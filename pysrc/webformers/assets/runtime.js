@@ -16,7 +16,7 @@
 // without Worker). hooks: a same-origin module with installOrtHooks (see ort-core.js); warm: a model id whose
 // last load is replayed from the Cache API while the caller boots (worker mode).
 import { RpcCaller, transferValue } from "./rpc.js";
-import { canBlock, RunChannel } from "./run-channel.js";
+import { canBlock, RunChannel, runReply } from "./run-channel.js";
 import { sha256Hex } from "./sha256.js";
 
 /** The files the runtime needs, relative to the assets URL. */
@@ -301,14 +301,8 @@ export function launchRuntime(assetsUrl, options = {}) {
   };
   const rpcRun = async (spec, feeds, transfer) => {
     const r = await call("run", [spec.sid, feeds, spec.fetch, spec.free, !!spec.gpu, spec.carry || null], transfer);
-    const meta = [];
-    const data = [];
-    for (const [name, o] of Object.entries(r.outputs)) {
-      if (o.ref !== undefined) meta.push([name, o.ref, o.type, o.dims, o.location]);
-      else { meta.push([name, null, o.type, o.dims, data.length]); data.push(o.data); }
-    }
-    const state = r.state ? [r.state.ref, r.state.location] : null;
-    return { meta: JSON.stringify({ outputs: meta, ms: r.ms, state }), data };
+    const { outputs, state, datas } = runReply(r);
+    return { meta: JSON.stringify({ outputs, ms: r.ms, state }), data: datas };
   };
 
   // What Python calls (backend/_ortweb.py): array data is copied out of the Python heap once and
