@@ -768,8 +768,9 @@ def readme_tables(result: dict, json_name: str) -> str:
     rounds = max((len(c["rounds"]) for c in result["configs"]), default=0)
     out = [README_START, "",
            f"From [results/{json_name}](results/{json_name}) ({result['date']}, {rounds} round(s), "
-           f"{result['seconds'] / 60:.1f} min; {st['max_new_tokens']} new tokens, greedy; long prompt "
-           f"{st.get('long_tokens') or '—'} tokens). The machine was shared: {m['cpus']} cores with other jobs running "
+           f"{result['seconds'] / 60:.1f} min; {st['max_new_tokens']} new tokens, greedy; "
+           + (f"long prompt {st['long_tokens']} tokens" if st.get("long_tokens") else "no long-context run")
+           + f"). The machine was shared: {m['cpus']} cores with other jobs running "
            f"(load average {m['loadavg_start'][0]:.1f} → {m.get('loadavg_end', [float('nan')])[0]:.1f}), so "
            "absolute figures swing; read the ratios, measured within each round. Medians; cells name the library "
            "and, for webformers, the execution form.", ""]
