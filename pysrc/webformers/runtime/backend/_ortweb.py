@@ -295,15 +295,6 @@ _NATIVE = {"form": "native", "changed": 0, "weights": 0, "rewrite_ms": 0.0}
 # prefill) are awaited from the start: against them the saving is nothing.
 _BLOCK_MAX_RUN_MS = 500.0
 _BLOCK_MARGIN_MS = 25.0
-_shared_by_runtime: dict = {}
-
-
-def _shared_runs(rt) -> bool:
-    """Whether ``rt`` answers runs through shared memory in this thread (asked once per runtime object)."""
-    key = id(rt)
-    if key not in _shared_by_runtime:
-        _shared_by_runtime[key] = bool(getattr(rt, "sharedRuns", False)) and hasattr(rt, "runShared")
-    return _shared_by_runtime[key]
 
 
 class Session:
@@ -356,15 +347,19 @@ class Session:
         state, fed as the inputs ``i`` of the next run_state (``state``; None: ``feeds`` hold those inputs).
         ``state`` is consumed (freed by this run); returns (the other outputs, the new state)."""
         if state is not None:
-            if not state._live:
-                raise ValueError(f"{state!r} was released or fed already")
-            if state.gen != self._gen or (state.location == "gpu-buffer" and state.gen in _lost_gpu):
-                raise RuntimeCrashed(f"{self.label}: {state!r} was lost with the onnxruntime worker (crashed) or "
-                                     "the WebGPU device (lost) that held it; run again without it (a generation "
-                                     "starts over)")
-        if state is not None:
+            self._check_fed("state", state)
             state._live = False  # the worker frees it with this run
         return await self._run(feeds, fetch, [list(p) for p in pairs], state)
+
+    def _check_fed(self, what: str, value: "RemoteTensor") -> None:
+        """Raise when ``value`` cannot be fed to this session: released, or gone with another worker (this
+        session's is live when this is called) or with a lost WebGPU device."""
+        if not value._live:
+            raise ValueError(f"{what}: {value!r} was released or fed already")
+        if (value.gen != self._gen and value.lost) or (value.location == "gpu-buffer" and value.gen in _lost_gpu):
+            raise RuntimeCrashed(f"{self.label}: {what}: {value!r} was lost with the onnxruntime worker (crashed) "
+                                 "or the WebGPU device (lost) that held it; run again without it (a generation "
+                                 "starts over)")
 
     async def _run(self, feeds: dict, fetch, pairs, state):
         """A run; with ``pairs`` (not None) a run_state fed ``state``."""
@@ -382,14 +377,7 @@ class Session:
         refs, specs, arrays = {}, [], []
         for name, value in feeds.items():
             if isinstance(value, RemoteTensor):
-                if not value._live:
-                    raise ValueError(f"input {name!r}: {value!r} was released")
-                # the session's worker is live (checked above): only a tensor of another worker can be gone
-                if (value.gen != self._gen and value.lost) or (value.location == "gpu-buffer"
-                                                                and value.gen in _lost_gpu):
-                    raise RuntimeCrashed(f"{self.label}: input {name!r}: {value!r} was lost with the onnxruntime "
-                                         "worker (crashed) or the WebGPU device (lost) that held it; run again "
-                                         "without it (a generation starts over)")
+                self._check_fed(f"input {name!r}", value)
                 refs[name] = value.ref
                 continue
             arr = np.ascontiguousarray(value)
@@ -409,7 +397,7 @@ class Session:
         spec = json.dumps(spec)
         try:
             block = self._block_ms
-            if block and _shared_runs(rt):
+            if block and getattr(rt, "sharedRuns", False):
                 r = rt.runShared(spec, block, *arrays)
                 res = r.value if r.ready else await r.promise
             else:
