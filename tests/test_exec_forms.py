@@ -94,13 +94,13 @@ def test_fp32_form_folds_every_weight_at_load(dtype, tmp_path):
     path = tmp_path / "fp32.onnx"
     onnx.save_model(m, path)
 
-    def optimized_ops(config):
+    def optimized_ops(config, model=path):
         o = ort.SessionOptions()
         o.log_severity_level = 3
         for k, v in config.items():
             o.add_session_config_entry(k, v)
         o.optimized_model_filepath = str(tmp_path / "opt.onnx")
-        ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model), o, providers=["CPUExecutionProvider"])
         return collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
 
     ops = optimized_ops(SESSION_CONFIG)
@@ -108,6 +108,14 @@ def test_fp32_form_folds_every_weight_at_load(dtype, tmp_path):
     assert ops["FusedMatMul"] >= 15
     if dtype != "bnb4":  # without the option onnxruntime keeps DequantizeLinear unfolded
         assert optimized_ops({})["DequantizeLinear"] == 15
+    # each step runs what the float model runs: one matmul per linear (the float-zero-point correction's
+    # block sums, matmul and add are folded into the weights), no more Adds or ReduceSums
+    float_ops = optimized_ops({}, _file(TINY, "fp16" if dtype.endswith("f16") else "fp32"))
+
+    def per_step(c):
+        return c["MatMul"] + c["FusedMatMul"] + c["Gemm"], c["Add"], c["ReduceSum"]
+
+    assert per_step(ops) == per_step(float_ops)
 
 
 def test_native_form_leaves_the_model_and_bad_forms_raise():

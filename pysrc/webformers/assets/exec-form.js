@@ -10,6 +10,10 @@
 //   MatMulBnb4 (NF4): its bytes [N*K/block, block/2] index a 256-row table of NF4 value pairs (Gather),
 //     times each block's absmax;
 //   then FusedMatMul(x, W^T, transB=1); graphs with fp16 activations cast to fp32 and back around it.
+// A MatMulNBits whose output is only added to a block-sum correction (the float-zero-point form the toolchain
+// writes: main + Reshape(MatMul(ReduceSum(Reshape(x, [-1, nb, g]), [-1]), C), Shape(main)) with a constant C
+// [nb, N]) has that correction folded into its weight, W^T[n, b*g + j] += C[b, n], so the session runs one
+// matmul per linear, like the fp32 model, instead of five more small nodes per step.
 // Create the session with `extra: SESSION_EXTRA` (session.disable_quant_qdq = "1"): without it onnxruntime
 // keeps the DequantizeLinear nodes to fuse them back into MatMulNBits. Only the graph's small parts are
 // re-encoded; every weight byte is copied through as it is. pysrc/webformers/runtime/exec_form.py is the same
@@ -71,9 +75,10 @@ function* fields(buf, start = 0, end = buf.length) {
 
 const str = (buf, f) => utf8.decode(buf.subarray(f.vstart, f.end));
 
-// NodeProto: inputs, outputs, name, op type, domain, its int attributes and its subgraphs (If/Loop bodies)
+// NodeProto: inputs, outputs, name, op type, domain, its attribute names, its int attributes and its
+// subgraphs (If/Loop bodies)
 function parseNode(buf, f) {
-  const n = { input: [], output: [], name: "", opType: "", domain: "", attrs: {}, subgraphs: [] };
+  const n = { input: [], output: [], name: "", opType: "", domain: "", attrNames: [], attrs: {}, subgraphs: [] };
   for (const g of fields(buf, f.vstart, f.end)) {
     if (g.field === 1) n.input.push(str(buf, g));
     else if (g.field === 2) n.output.push(str(buf, g));
@@ -87,6 +92,7 @@ function parseNode(buf, f) {
         else if (a.field === 3) i = a.value;
         else if (a.field === 6 || a.field === 11) n.subgraphs.push(a);  // AttributeProto.g / .graphs
       }
+      n.attrNames.push(name);
       if (i !== null) n.attrs[name] = i;
     }
   }
@@ -102,6 +108,43 @@ function* subgraphInputs(buf, graph) {
     for (const s of n.subgraphs) yield* subgraphInputs(buf, s);
   }
 }
+
+// the values of an int64 TensorProto as Numbers (from raw_data or int64_data), or null when they are external
+function int64Values(buf, f) {
+  const out = [];
+  let external = false, raw = null;
+  for (const g of fields(buf, f.vstart, f.end)) {
+    if (g.field === 9) raw = g;
+    else if (g.field === 14) external = g.value === 1;
+    else if (g.field === 7 && g.wire === 0) out.push(Number(BigInt.asIntN(64, BigInt(varintBig(buf, g.vstart)))));
+    else if (g.field === 7) {  // packed
+      for (let pos = g.vstart; pos < g.end;) {
+        const [v, next] = varintBigAt(buf, pos);
+        out.push(Number(BigInt.asIntN(64, v)));
+        pos = next;
+      }
+    }
+  }
+  if (external) return null;
+  if (raw) {
+    const view = new DataView(buf.buffer, buf.byteOffset + raw.vstart, raw.end - raw.vstart);
+    for (let i = 0; i + 8 <= view.byteLength; i += 8) out.push(Number(view.getBigInt64(i, true)));
+  }
+  return out;
+}
+
+// a varint as a BigInt (exact over 64 bits) and the offset after it
+function varintBigAt(buf, pos) {
+  let value = 0n, shift = 0n, b;
+  do {
+    if (pos >= buf.length) throw new Error("truncated ONNX protobuf (varint)");
+    b = buf[pos++];
+    value |= BigInt(b & 0x7f) << shift;
+    shift += 7n;
+  } while (b & 0x80);
+  return [value, pos];
+}
+const varintBig = (buf, pos) => varintBigAt(buf, pos)[0];
 
 // TensorProto header: name, element type, and whether its values are raw_data or external
 function parseTensor(buf, f) {
@@ -182,6 +225,9 @@ function encodeNode(kind, inputs, output, name, attrs, domain) {
     if (typeof v === "string") {
       a.string(4, v);
       a.int(20, 3);  // AttributeProto.STRING
+    } else if (Array.isArray(v)) {
+      for (const i of v) a.int(8, i);
+      a.int(20, 7);  // AttributeProto.INTS
     } else {
       a.int(3, v);
       a.int(20, 2);  // AttributeProto.INT
@@ -250,6 +296,9 @@ class Graph {
     this.retyped = new Map();   // initializer name -> its retyped encoding (one reader: changed in place)
     this.copies = new Map();    // copy name -> retyped copy of a shared initializer
     this.nodes = [];
+    this.producer = new Map();  // name -> index of the main-graph node writing it
+    this.readers = new Map();   // name -> indices of the main-graph nodes reading it
+    const inputs = new Set();
     for (const f of this.fields) {
       if (f.field === 5) {
         const t = parseTensor(buf, f);
@@ -258,6 +307,7 @@ class Graph {
       } else if (f.field === 11) {
         const [name, type] = valueInfo(buf, f);
         this.types.set(name, type);
+        inputs.add(name);
       } else if (f.field === 12) {
         const [name] = valueInfo(buf, f);
         this.uses.set(name, (this.uses.get(name) || 0) + 2);
@@ -268,9 +318,27 @@ class Graph {
         for (const sub of n.subgraphs) for (const i of subgraphInputs(buf, sub)) this.uses.set(i, (this.uses.get(i) || 0) + 1);
       }
     }
+    // names whose values do not depend on the graph inputs: initializers (not overridable by an input) and
+    // outputs of nodes (without subgraphs) reading only such names
+    this.consts = new Set([...this.inits.keys()].filter((name) => !inputs.has(name)));
+    this.nodes.forEach((n, idx) => {
+      for (const o of n.output) this.producer.set(o, idx);
+      for (const i of n.input) {
+        if (!this.readers.has(i)) this.readers.set(i, []);
+        this.readers.get(i).push(idx);
+      }
+      if (!n.subgraphs.length && n.input.every((i) => !i || this.consts.has(i))) for (const o of n.output) this.consts.add(o);
+    });
     for (const n of this.nodes) {
       if (n.opType === "Cast" && n.domain === "" && !this.types.has(n.output[0])) this.types.set(n.output[0], n.attrs.to);
     }
+  }
+
+  // the values of an int64 initializer `name` (not overridable by an input), else null
+  ints(name) {
+    const t = this.inits.get(name);
+    if (t === undefined || !this.consts.has(name) || t.type !== T.INT64) return null;
+    return int64Values(this.buf, t.f);
   }
 
   // an initializer whose value bytes can be re-read with another type (raw_data or external data)
@@ -356,6 +424,63 @@ function decodeNbits(b, g, node) {
   return w;
 }
 
+const isOnnxDomain = (domain) => domain === "" || domain === "ai.onnx";
+const sameInts = (a, b) => a !== null && a.length === b.length && a.every((v, i) => v === b[i]);
+
+// For a MatMulNBits `node` whose output is only added to a block-sum correction of its own input (see the top
+// of this file): {y: the Add's output, c: C, blocks: nb, group: g, at: the Add's index, drop: the indices of
+// the pattern's nodes}; else null.
+function blockSumCorrection(g, node) {
+  if (node.opType !== "MatMulNBits") return null;
+  const k = node.attrs.K, x = node.input[0], main = node.output[0];
+  // the node producing `name`, of type `op`, when one main-graph node reads `name`
+  const only = (name, op) => {
+    const idx = g.producer.get(name);
+    if (idx === undefined || g.uses.get(name) !== 1 || (g.readers.get(name) || []).length !== 1) return [null, null];
+    const n = g.nodes[idx];
+    return n.opType === op && isOnnxDomain(n.domain) ? [idx, n] : [null, null];
+  };
+  const readers = g.readers.get(main) || [];
+  if (g.uses.get(main) !== 2 || readers.length !== 2) return null;
+  const add = readers.find((i) => g.nodes[i].opType === "Add");
+  const shape = readers.find((i) => g.nodes[i].opType === "Shape");
+  if (add === undefined || shape === undefined) return null;
+  const addN = g.nodes[add], shapeN = g.nodes[shape];
+  if (!isOnnxDomain(addN.domain) || !isOnnxDomain(shapeN.domain) || shapeN.attrNames.length) return null;
+  if (addN.input.length !== 2 || addN.input[0] === addN.input[1]) return null;
+  const other = addN.input[0] === main ? addN.input[1] : addN.input[0];
+  const [rIdx, r] = only(other, "Reshape");
+  if (r === null || r.input.length !== 2 || r.input[1] !== shapeN.output[0] || g.uses.get(r.input[1]) !== 1) return null;
+  const [mmIdx, mm] = only(r.input[0], "MatMul");
+  if (mm === null || !g.consts.has(mm.input[1])) return null;
+  const [rsIdx, rs] = only(mm.input[0], "ReduceSum");
+  if (rs === null || rs.input.length !== 2) return null;
+  const axes = g.ints(rs.input[1]);
+  if (!sameInts(axes, [-1]) && !sameInts(axes, [2])) return null;
+  if (rs.attrNames.some((a) => a !== "keepdims" && a !== "noop_with_empty_axes") || (rs.attrs.keepdims ?? 1) !== 0) return null;
+  const [xbIdx, xb] = only(rs.input[0], "Reshape");
+  if (xb === null || xb.input.length !== 2 || xb.input[0] !== x) return null;
+  const dims = g.ints(xb.input[1]);
+  if (dims === null || dims.length !== 3 || dims[0] !== -1 || Math.min(dims[1], dims[2]) <= 0 || dims[1] * dims[2] !== k) return null;
+  return { y: addN.output[0], c: mm.input[1], blocks: dims[1], group: dims[2], at: add,
+           drop: [add, shape, rIdx, mmIdx, rsIdx, xbIdx] };
+}
+
+// W^T [N, K] plus the block-sum correction C [nb, N] repeated over each block of `group` inputs
+function foldCorrection(b, g, w, n, k, corr) {
+  const { blocks: nb, group } = corr;
+  let c = corr.c;
+  const ctype = g.types.get(c);
+  if (ctype === undefined) c = b.op("CastLike", [c, w], "corr_f");
+  else if (ctype !== T.FLOAT) c = b.op("Cast", [c], "corr_f", { to: T.FLOAT });
+  c = b.op("Reshape", [c, b.i64("corr_shape", [nb, n])], "corr_bn");
+  c = b.op("Transpose", [c], "corr_nb", { perm: [1, 0] });
+  c = b.op("Unsqueeze", [c, b.i64("corr_ax", [-1])], "corr_nb1");
+  w = b.op("Reshape", [w, b.i64("wc_shape", [n, nb, group])], "wc_blocks");
+  w = b.op("Add", [w, c], "wc_sum");
+  return b.op("Reshape", [w, b.i64("wc_rows", [n, k])], "w_corrected");
+}
+
 // W^T [N, K] (fp32) of a MatMulBnb4 (NF4) node: its bytes [N*K/block, block/2] index NF4_PAIRS
 function decodeBnb4(b, g, node) {
   const { K: k, N: n, block_size: block } = node.attrs;
@@ -369,11 +494,14 @@ function decodeBnb4(b, g, node) {
   return b.op("Reshape", [w, b.i64("w_rows", [n, k])], "w_nk");
 }
 
-// the Builder holding node `idx`'s replacement: decode W^T, then FusedMatMul in fp32 (+ bias)
-function rewriteNode(g, node, form, idx) {
+// the Builder holding node `idx`'s replacement: decode W^T (plus the block-sum correction `corr` when there is
+// one, see blockSumCorrection), then FusedMatMul in fp32 (+ bias) writing the node's output (`corr`'s Add's
+// output when there is one)
+function rewriteNode(g, node, form, idx, corr) {
   const b = new Builder(`${node.name || `${node.opType}_${idx}`}/${form}`);
-  const w = node.opType === "MatMulNBits" ? decodeNbits(b, g, node) : decodeBnb4(b, g, node);
-  const x = node.input[0], y = node.output[0];
+  let w = node.opType === "MatMulNBits" ? decodeNbits(b, g, node) : decodeBnb4(b, g, node);
+  if (corr) w = foldCorrection(b, g, w, node.attrs.N, node.attrs.K, corr);
+  const x = node.input[0], y = corr ? corr.y : node.output[0];
   const act = g.types.get(node.input[2]);  // the activations have the scales' type (T1 of both ops)
   let x32 = x;
   if (act === undefined) x32 = b.op("CastLike", [x, w], "x_f");
@@ -386,8 +514,6 @@ function rewriteNode(g, node, form, idx) {
   else if (act !== T.FLOAT) b.op("Cast", [out], "out", { to: act }, y);
   return b;
 }
-
-const isOnnxDomain = (domain) => domain === "" || domain === "ai.onnx";
 
 /**
  * The model `bytes` (a Uint8Array of an ONNX ModelProto) in execution `form`: "native" returns them as they
@@ -416,11 +542,18 @@ export function expandQuantizedMatmuls(bytes, form = "fp32") {
     throw new Error("the fp32 form needs ONNX opset >= 21 (blocked DequantizeLinear); the model imports " +
                     opsets.map((o) => `${o.domain || "ai.onnx"}:${o.version}`).join(", "));
   }
-  const replaced = new Map();
+  const replaced = [];
+  const emit = new Map(), drop = new Set();  // node index -> the replacement emitted there; pattern nodes left out
   let uint2 = false;
   for (const idx of targets) {
     const node = g.nodes[idx];
-    replaced.set(idx, rewriteNode(g, node, form, idx));
+    const corr = blockSumCorrection(g, node);
+    const b = rewriteNode(g, node, form, idx, corr);
+    replaced.push(b);
+    // with a correction, the replacement takes the place of its Add (after every node it reads)
+    emit.set(corr ? corr.at : idx, b);
+    drop.add(idx);
+    if (corr) for (const i of corr.drop) drop.add(i);
     if (node.opType === "MatMulNBits" && node.attrs.bits === 2) uint2 = true;
   }
   const graph = new Writer();
@@ -428,14 +561,15 @@ export function expandQuantizedMatmuls(bytes, form = "fp32") {
   for (const f of g.fields) {
     const retyped = f.field === 5 && g.retyped.size ? g.retyped.get(parseTensor(bytes, f).name) : undefined;
     if (f.field === 1) {
-      const b = replaced.get(nodeIdx++);
+      const idx = nodeIdx++;
+      const b = emit.get(idx);
       if (b) for (const n of b.nodes) graph.message(1, n);
-      else graph.raw(bytes.subarray(f.at, f.end));
+      else if (!drop.has(idx)) graph.raw(bytes.subarray(f.at, f.end));
     } else if (retyped) graph.message(5, retyped);
     else graph.raw(bytes.subarray(f.at, f.end));
   }
   for (const t of g.copies.values()) graph.message(5, t);
-  for (const b of replaced.values()) for (const t of b.inits) graph.message(5, t);
+  for (const b of replaced) for (const t of b.inits) graph.message(5, t);
   const m = new Writer();
   for (const f of model) {
     if (f === graphField) m.message(7, graph);
