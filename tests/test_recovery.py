@@ -8,17 +8,25 @@ mid-generation and the WebGPU device being lost.
 - device lost (test hook: ``device.destroy()`` on onnxruntime-web's GPUDevice during a WebGPU run): the
   generation raises DeviceLost; by default the model's sessions are re-created on wasm (a warning event,
   ``model.device`` and ``load_timings`` say so) and the next call gives CPython's greedy tokens for that
-  variant; with ``strict=True`` the error says there is no fallback and the model stays unusable.
+  variant; with ``strict=True`` the error says there is no fallback and the model stays unusable. A Whisper
+  model (the speech pipeline, two sessions) falls back the same way: its ``device`` says wasm, both sessions
+  run there and the next call transcribes like CPython onnxruntime.
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
-from helpers import SITE, PageSession, dump_json, origin_violations, run_py
+from helpers import SITE, PageSession, dump_json, origin_violations, run_async, run_py
 
 pytestmark = pytest.mark.browser
 
 TINY = "webformers/tiny-random-llama"
+WHISPER = "openai/whisper-tiny.en"
+WHISPER_DTYPES = {"encoder_model": "fp32", "decoder_model_merged": "q4"}
+SENTENCE = "The quick brown fox jumps over the lazy dog."
 PROMPT = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203]
 NEW = 8
 
@@ -174,3 +182,72 @@ _m2 = await AutoModelForCausalLM.from_pretrained({TINY!r}, dtype="q4", device="w
     refused, device2, tokens2 = res
     assert refused is not None and refused[0] == "DeviceLost" and "device='wasm'" in refused[1], refused
     assert device2 == "wasm" and tokens2 == _reference("q4")
+
+
+@pytest.fixture(scope="module")
+def speech_clip(tmp_path_factory):
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is missing: run `python3 build.py setup` (installs it)")
+    wav = tmp_path_factory.mktemp("recovery-clip") / "clip.wav"
+    subprocess.run([espeak, "-w", str(wav), SENTENCE], check=True, capture_output=True, timeout=60)
+    return wav
+
+
+def _whisper_reference(wav) -> str:
+    """CPython onnxruntime's transcript of ``wav`` with the site's Whisper files (the same dtypes)."""
+    from webformers import pipeline
+
+    repo = SITE / "models" / WHISPER
+    if not (repo / "onnx" / "manifest.json").is_file():
+        pytest.fail(f"{WHISPER} is not in dist/site/models: run `python3 build.py build`")
+
+    async def go():
+        asr = await pipeline("automatic-speech-recognition", str(repo), device="wasm", dtype=WHISPER_DTYPES)
+        try:
+            return (await asr(wav.read_bytes()))["text"]
+        finally:
+            asr.dispose()
+
+    return run_async(go())
+
+
+def test_device_lost_whisper_falls_back_to_wasm(page, server, speech_clip):
+    want = _whisper_reference(speech_clip)
+    assert want.strip(), "CPython gave an empty transcript for the espeak clip"
+    server.add_root("/fixtures/recovery-clip/", speech_clip.parent)
+    run_py(page, f"""
+import js
+from webformers import pipeline
+_wevents = []
+_asr = await pipeline("automatic-speech-recognition", {WHISPER!r}, dtype={WHISPER_DTYPES!r}, device="webgpu",
+                      progress_callback=_wevents.append)
+_wav = js.Uint8Array.new(await (await js.fetch("/fixtures/recovery-clip/{speech_clip.name}")).arrayBuffer())
+None
+""")
+    before = len(server.log)
+    res = run_py(page, """
+_wm = _asr.model
+_first = (await _asr(_wav))["text"]
+_dev0 = [_wm.device, _wm.encoder.device, _wm.decoder.device]
+_ortweb.test_hook("lose-device", "run")  # the encoder's run of the next call
+try:
+    await _asr(_wav)
+    _err = None
+except Exception as e:
+    _err = [type(e).__name__, str(e)]
+_again = (await _asr(_wav))["text"]
+[_first, _dev0, _err, [_wm.device, _wm.encoder.device, _wm.decoder.device], _wm.load_timings.get("device_lost"),
+ list(_wm.warnings), [e["message"] for e in _wevents if e.get("status") == "warning"], _again]
+""", timeout_ms=900_000)
+    first, dev0, err, dev1, lost, model_warnings, warnings, again = res
+    assert first.strip() and dev0 == ["webgpu", "webgpu", "webgpu"], res
+    assert err is not None and err[0] == "DeviceLost", err
+    assert "WebGPU device" in err[1] and "was lost" in err[1] and "now runs on wasm" in err[1], err
+    assert dev1 == ["wasm", "wasm", "wasm"] and lost and lost["fallback"] == "wasm", res
+    assert any("re-created on wasm" in w for w in model_warnings), model_warnings
+    assert any("re-created on wasm" in w for w in warnings), warnings
+    assert again == want, (again, want)
+    assert [r["path"] for r in server.log[before:] if r["path"].startswith(f"/models/{WHISPER}/")
+            and (r["path"].endswith(".onnx") or ".onnx_data" in r["path"])] == [], "the fallback downloaded model files"
+    assert not origin_violations(page)

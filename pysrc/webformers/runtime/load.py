@@ -25,10 +25,10 @@ the onnxruntime worker crashed, a session's next run re-creates it in the new wo
 (read from the Cache API and sha256-checked by the store: no download). When the WebGPU device is lost, every
 session of the load is re-created on wasm (same files; the execution forms chosen again for wasm, e.g. the fp32
 form of a quantized model that ran natively on WebGPU, ``timings["forms"]`` updated; a ``warning`` event says so,
-``loaded.device`` and ``timings["device_lost"]`` too, and so do the ``owners``: e.g. the CausalLM, whose
-``device`` / ``load_timings`` / ``warnings`` follow) and the run in flight raises ``DeviceLost`` saying so;
-``strict=True`` keeps the error (no fallback). A load asked for WebGPU after the device was lost plans wasm
-(``strict=True`` with device="webgpu": DeviceLost).
+``loaded.device`` and ``timings["device_lost"]`` too, and so do the ``owners``: the CausalLM or the
+WhisperModel, whose ``device`` / ``load_timings`` / ``warnings`` follow) and the run in flight raises
+``DeviceLost`` saying so; ``strict=True`` keeps the error (no fallback). A load asked for WebGPU after the
+device was lost plans wasm (``strict=True`` with device="webgpu": DeviceLost).
 
 Warm start (browser): a session the backend created ahead of time for the same files and options
 (``backend.adopt_session``) is adopted instead of fetching and creating it; after creating a session

@@ -80,6 +80,8 @@ class WhisperModel:
         self.warnings = list(warnings)
         self.files = list(files)
         self.last_stats: dict = {}
+        #: the load's ``timings`` (``load_whisper`` sets them; a device-lost fallback adds ``device_lost``)
+        self.load_timings: dict = {}
         self.n_mels = int(self.preprocessor_config.get("feature_size") or self.config.get("num_mel_bins") or 80)
         self.n_layers = sum(1 for n in decoder.input_names
                             if n.startswith("past_key_values.") and n.endswith(".decoder.key"))
@@ -174,4 +176,7 @@ async def load_whisper(model, *, dtype="auto", device="auto", revision="main", h
     loaded = await load_sessions(repo, list(MODULES), **kw)
     wm = WhisperModel(loaded.sessions[ENCODER], loaded.sessions[DECODER], config, gen, pre,
                       dtypes=loaded.dtypes, device=loaded.device, warnings=loaded.warnings, files=loaded.files)
+    wm.load_timings = dict(loaded.timings)
+    if loaded.recovery is not None:  # a fallback (lost WebGPU device) updates device / load_timings / warnings
+        loaded.recovery.owners.append(wm)
     return wm, repo
