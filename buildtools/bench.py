@@ -69,6 +69,8 @@ METRICS = [
     ("warm_tokenizer_ms", "… tokenizer ready (loaded concurrently with the model)", "ms", "lower"),
     ("warm_model_ms", "… model ready (cache read, checks, session)", "ms", "lower"),
     ("page_ready_ms", "page ready (library started)", "ms", "lower"),
+    ("python_restore_ms", "… webformers: Python restored from its snapshot", "ms", "lower"),
+    ("numpy_ms", "webformers: numpy loaded, in the background from the restore on", "ms", "lower"),
     ("warm_page_to_first_token_ms", "page ready → first token, warm", "ms", "lower"),
     ("ttft_ms", "time to first token", "ms", "lower"),
     ("prefill_ort_ms", "… of which the prefill session.run (worker clock)", "ms", "lower"),
@@ -325,6 +327,10 @@ def run_figures(cold: dict, warm: dict) -> dict:
         f["encode_cold_ms"] = enc.get("cold_ms")
         f["encode_warm_ms"] = enc.get("warm_ms")
         f["warm_page_to_first_token_ms"] = warm.get("page_to_first_token_ms")
+        boot = warm.get("python_boot") or {}
+        if boot.get("path") == "snapshot":
+            f["python_restore_ms"] = boot.get("pyodide")
+            f["numpy_ms"] = boot.get("numpy")
         runs = (warm.get("ort_run_ms") or [])[1:]  # the first run is the prefill
         if runs and warm.get("decode_tokens_per_s"):
             f["ort_run_ms"] = statistics.mean(runs)

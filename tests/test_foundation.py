@@ -94,7 +94,7 @@ def test_thread_count_is_a_boot_option(shared_page):
 
 
 def test_hooks_module_adds_rpc_methods(shared_page):
-    """The demo page's worker answers ready/runPython only; a same-origin hooks module (the benchmark's
+    """The demo page's worker answers ready/timings/runPython only; a same-origin hooks module (the benchmark's
     probes) adds methods in both workers, reached with call(); another origin's module is refused."""
     got = shared_page.evaluate("""async () => {
       let plain = null;
@@ -109,7 +109,7 @@ def test_hooks_module_adds_rpc_methods(shared_page):
       c.worker.terminate();
       return { plain, foreign, runs, memory };
     }""")
-    assert got["plain"] == "unknown method benchMemory; valid: ready, runPython", got
+    assert got["plain"] == "unknown method benchMemory; valid: ready, timings, runPython", got
     assert got["foreign"] == "hooks must be a module on this origin, got https://example.com/hooks.js", got
     assert got["runs"] == []
     # Pyodide's heap (onnxruntime instantiates its wasm with the first session)
@@ -151,6 +151,40 @@ def test_cpython_backend_same_api(nbits_model):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"X": x})
     assert names == ["Y", "h"]
     np.testing.assert_allclose(out["Y"], ref[0], atol=1e-6)
+
+
+# what a page imports before numpy has loaded (after a snapshot restore numpy loads in the background):
+# the tokenizer, the store, the loaders' entry points and the demo chat; numpy comes with the sessions
+NUMPY_FREE = ["webformers", "webformers.dtypes", "webformers.config", "webformers.platform", "webformers.store",
+              "webformers.text.tokenizer", "webformers.text.tokenizer.prewarm", "webformers.text.chat_template",
+              "webformers.generation", "webformers.generation.config", "webformers.generation.stopping",
+              "webformers.generation.streamers", "webformers.text.auto", "webformers.text.pipeline",
+              "webformers.pipelines", "webformers.page.chat"]
+
+
+def test_page_entry_points_import_without_numpy():
+    """Those modules import, and AutoTokenizer / AutoModelForCausalLM / pipeline resolve, with numpy unimportable;
+    importing the model itself then fails on numpy (so the check would see a numpy import slipping in)."""
+    code = f"""
+import importlib, sys
+class NoNumpy:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "numpy":
+            raise ImportError("numpy is blocked", name=name)
+sys.meta_path.insert(0, NoNumpy())
+for name in {NUMPY_FREE!r}:
+    importlib.import_module(name)
+from webformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+assert "numpy" not in sys.modules
+try:
+    importlib.import_module("webformers.text.causal_lm")
+except ImportError as e:
+    print("causal_lm:", e)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "pysrc")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "causal_lm: numpy is blocked" in out.stdout, out.stdout
 
 
 def test_all_requests_stay_on_origin(shared_page):

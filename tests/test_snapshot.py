@@ -28,6 +28,25 @@ m.dispose()
 json.dumps({{"ids": [int(x) for x in out[0]], "text": tok.decode(out[0][len(ids):]), "random": random.random()}})
 """
 
+# the same, run before numpy has loaded (runPython's beforePackages): the tokenizer loads at once and says so,
+# the model's load waits for numpy
+EARLY = f"""
+import json, random, sys
+from webformers import AutoModelForCausalLM, AutoTokenizer
+from webformers.platform import emit_page_event
+tok = await AutoTokenizer.from_pretrained({MODEL!r})
+numpy_at_tokenizer = "numpy" in sys.modules
+emit_page_event({{"status": "test-tokenizer-ready"}})
+ids = tok.apply_chat_template([{{"role": "user", "content": "Hello there, snapshot"}}], add_generation_prompt=True,
+                              tokenize=True)
+m = await AutoModelForCausalLM.from_pretrained({MODEL!r}, dtype="fp32", device="wasm")
+out = await m.generate([ids], max_new_tokens=8, eos_token_id=None)
+m.dispose()
+json.dumps({{"ids": [int(x) for x in out[0]], "text": tok.decode(out[0][len(ids):]), "random": random.random(),
+            "numpy_at_tokenizer": numpy_at_tokenizer}})
+"""
+NUMPY_WHEEL = "**/pyodide/numpy-*.whl"
+
 
 @pytest.fixture
 def ctx(browser):
@@ -53,6 +72,15 @@ def _wait_snapshot_saved(s, timeout_s=180):
                 raise AssertionError(e["message"])
         time.sleep(0.5)
     raise AssertionError("no Python snapshot was saved")
+
+
+def _wait_event(s, status, timeout_s=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if any(e.get("status") == status for e in s.page.evaluate("window.wf.events")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {status} event")
 
 
 def _entry(s):
@@ -122,11 +150,26 @@ def test_second_visit_restores_the_snapshot_and_generates_the_same_tokens(ctx, s
     assert _entry(again)["sha256"] == entry["sha256"]
     again.page.close()
 
-    # a third visit restores the same snapshot: `random` is reseeded, not replayed
+    # a third visit restores the same snapshot and is ready before numpy has loaded: with numpy's wheel held
+    # back, importing numpy says why it fails, the tokenizer loads, and the model's load waits for numpy;
+    # then the same tokens, and `random` is reseeded, not replayed
+    held = []
+    ctx.route(NUMPY_WHEEL, lambda route: held.append(route))
     third, t3 = _visit(ctx, server)
-    assert t3["path"] == "snapshot", t3
-    rnd = json.loads(run_py(third, GENERATE))
-    assert rnd["ids"] == ref["ids"] and rnd["random"] != got["random"]
+    assert t3["path"] == "snapshot" and t3["packages"] == "background" and "numpy" not in t3, t3
+    with pytest.raises(Exception, match="numpy is still loading"):
+        third.page.evaluate("code => window.wf.runPython(code, { beforePackages: true })", "import numpy")
+    third.page.evaluate("code => { window.earlyRun = window.wf.runPython(code, { beforePackages: true }); }", EARLY)
+    _wait_event(third, "test-tokenizer-ready")
+    assert len(held) == 1 and "loading" in third.locator("#boot-timings").text_content(), held
+    held[0].continue_()
+    ctx.unroute(NUMPY_WHEEL)
+    rnd = json.loads(third.page.evaluate("() => window.earlyRun"))
+    assert rnd["ids"] == ref["ids"] and rnd["text"] == ref["text"] and rnd["random"] != got["random"], (rnd, ref)
+    assert rnd["numpy_at_tokenizer"] is False
+    t3 = third.page.evaluate("() => window.wf.bootTimings()")
+    assert t3["numpy_load"] >= 0 and t3["numpy_import"] >= 0 and t3["bridge"] >= 0, t3
+    third.page.wait_for_function("!document.querySelector('#boot-timings').textContent.includes('loading')")
     # ?snapshot=0: a fresh boot, and the same tokens
     plain, t4 = _visit(ctx, server, "/index.html?snapshot=0")
     assert t4["path"] == "fresh" and "warnings" not in t4, t4

@@ -72,12 +72,7 @@ client.addEventListener("boot", async (ev) => {
   const how = t.path === "snapshot" ? "Python restored from its snapshot" : "fresh Python boot";
   $("boot-status").textContent = `Ready: Pyodide ${t.pyodide_version}, onnxruntime-web ${t.ort_version}, ` +
     `booted in ${(t.total / 1000).toFixed(1)} s (${how}).`;
-  // the steps, then the details of the Python boot that ran (see webformers/pyboot.js)
-  const rows = ["pyodide", "numpy", "wheel", "ort", "total", "snapshot_check", "numpy_load", "numpy_import",
-                "snapshot_failed"].filter((k) => t[k] !== undefined);
-  $("boot-timings").querySelector("tbody").replaceChildren(
-    ...rows.map((k) => el("tr", {}, el("th", { scope: "row" }, k), el("td", { className: "num" }, t[k]))),
-    el("tr", {}, el("th", { scope: "row" }, "path"), el("td", {}, t.path || "fresh")));
+  showBootTimings(t);
   for (const w of t.warnings || []) showWarning(w);  // e.g. a stale snapshot, evicted
   $("boot-details").hidden = false;
   try {
@@ -92,6 +87,23 @@ client.addEventListener("boot", async (ev) => {
   asr.onBoot();
   await modelsListed;
   await refreshModelInfo();
+});
+
+// the steps, then the details of the Python boot that ran (see webformers/pyboot.js); after a snapshot
+// restore numpy loads in the background ("numpy: loading…" until its python-packages event)
+function showBootTimings(t) {
+  const rows = ["pyodide", "numpy", "wheel", "ort", "total", "snapshot_check", "numpy_load", "numpy_import",
+                "snapshot_failed"].filter((k) => t[k] !== undefined || (k === "numpy" && t.packages === "background"));
+  $("boot-timings").querySelector("tbody").replaceChildren(
+    ...rows.map((k) => el("tr", {}, el("th", { scope: "row" }, k),
+                          el("td", { className: "num" }, t[k] === undefined ? "loading…" : t[k]))),
+    el("tr", {}, el("th", { scope: "row" }, "path"), el("td", {}, t.path || "fresh")));
+}
+
+client.addEventListener("wf-event", (ev) => {
+  if (!ev.detail || ev.detail.status !== "python-packages" || !client.timings) return;
+  const { numpy, numpy_load, numpy_import } = ev.detail;
+  showBootTimings(Object.assign(client.timings, { numpy, numpy_load, numpy_import }));
 });
 
 // after a fresh boot: the snapshot the next visit restores

@@ -82,9 +82,18 @@ export class WebformersClient extends EventTarget {
     }
   }
 
-  /** Run Python in the worker (top-level await allowed); resolves to the last expression's value. */
-  runPython(code) {
-    return this._rpc.call("runPython", [code]);
+  /**
+   * Run Python in the worker (top-level await allowed); resolves to the last expression's value. It runs once
+   * Pyodide's packages (numpy) have loaded; `{beforePackages: true}` runs it at once, even while they still
+   * load after a snapshot restore (code that reaches numpy only through webformers' loaders, which wait).
+   */
+  runPython(code, { beforePackages = false } = {}) {
+    return this._rpc.call("runPython", [code, { beforePackages }]);
+  }
+
+  /** The boot timings once Pyodide's packages have loaded too (numpy_load, numpy_import, bridge). */
+  bootTimings() {
+    return this._rpc.call("timings");
   }
 
   /** A request to the worker's RPC server: `runPython`, or a method a `?hooks=` module registered. */

@@ -2,8 +2,13 @@
 // a worker of its own (ort-host.js) that this one starts first.
 //
 // An RPC server (rpc.js) for the page (wf-client.js) with the methods
-//   ready()          -> the boot timings, once booted (rejects with the boot error)
-//   runPython(code)  -> the value of the code's last expression (top-level await allowed)
+//   ready()          -> the boot timings, once Python is up (rejects with the boot error). After a snapshot
+//                       restore that is before Pyodide's packages (numpy) have loaded: they load in the
+//                       background (webformers/pyboot.js deferPackages; timings.packages = "background")
+//   runPython(code, {beforePackages}) -> the value of the code's last expression (top-level await allowed);
+//                       it runs once the packages have loaded, or at once with beforePackages: true (for code
+//                       that imports numpy only through webformers' loaders, which wait for it themselves)
+//   timings()        -> the boot timings once the packages have loaded (numpy_load, numpy_import, bridge)
 // Other messages from the page: {type: "stop"} (the Stop button on a page that is not cross-origin
 // isolated) and {type: "stop-and-pieces", shared} (an Int32Array on a SharedArrayBuffer: [0] Stop,
 // [1] streamed pieces the page handled). To the page: {type: "event", event}, the progress / warning /
@@ -60,11 +65,13 @@ const whenPythonIdle = (ms) => new Promise((resolve) => {
   tick();
 });
 
-// Python (pyboot.js: Pyodide, numpy, our wheels), then onnxruntime-web's worker and the Python side of the bridge.
+// Python (pyboot.js: Pyodide, our wheels, numpy (in the background after a snapshot restore)), then
+// onnxruntime-web's worker; the Python side of the bridge once numpy is there (`afterPackages`).
+let afterPackages = null;
 async function boot() {
   const t0 = performance.now();
   // ?snapshot=0: no memory snapshot (always a fresh Python boot, none made for the next visit)
-  const py = await bootPython({ base, snapshot: params.get("snapshot") !== "0" });
+  const py = await bootPython({ base, snapshot: params.get("snapshot") !== "0", deferPackages: true });
   pyodide = py.pyodide;
   const t = py.timings;
   // after a fresh boot: the snapshot for the next visit, made once Python has been idle for a while (it
@@ -84,12 +91,22 @@ async function boot() {
   } catch (e) {
     throw new Error(`onnxruntime-web (webformers/ort/ort.webgpu.min.mjs) did not load: ${e.message}`);
   }
-  await pyodide.runPythonAsync(`
+  lap("ort");
+  t.total = Math.round(performance.now() - t0);
+  afterPackages = (async () => {
+    await py.packages;
+    const b0 = performance.now();
+    await pyodide.runPythonAsync(`
 from webformers.runtime import backend
 assert backend.IN_BROWSER and backend.backend_name == "onnxruntime-web"
 `);
-  lap("ort");
-  t.total = Math.round(performance.now() - t0);
+    t.bridge = Math.round(performance.now() - b0);
+    if (t.packages === "background") {
+      self.postMessage({ type: "event", event: { status: "python-packages", numpy: t.numpy,
+                                                   numpy_load: t.numpy_load, numpy_import: t.numpy_import } });
+    }
+  })();
+  afterPackages.catch(() => {});  // reported by runPython / timings
   t.ort_version = ortInfo.version;
   t.ort_threads = ortInfo.threads;
   t.warm_start_modules = await warmStarted.catch(() => 0);
@@ -107,14 +124,28 @@ function toJs(value) {
   return value;
 }
 
+async function packagesLoaded() {
+  try {
+    await afterPackages;
+  } catch (e) {
+    throw new Error(`webformers did not boot: ${e && e.message || e}`);
+  }
+}
+
 const server = new RpcServer(self, {
   ready: () => booted,
-  async runPython(code) {
+  async timings() {
+    const t = await booted;
+    await packagesLoaded();
+    return t;
+  },
+  async runPython(code, options = {}) {
     try {
       await booted;
     } catch (e) {
       throw new Error("webformers did not boot");
     }
+    if (!(options && options.beforePackages)) await packagesLoaded();
     pythonBusy++;
     try {
       return toJs(await pyodide.runPythonAsync(code));

@@ -13,7 +13,7 @@ _LAZY = {
     "events": "webformers.config",
     "pipeline": "webformers.pipelines",
     "AutoTokenizer": "webformers.text.tokenizer",
-    "AutoModelForCausalLM": "webformers.text.causal_lm",
+    "AutoModelForCausalLM": "webformers.text.auto",
     "GenerationConfig": "webformers.generation",
     "TextStreamer": "webformers.generation",
     "TextIteratorStreamer": "webformers.generation",

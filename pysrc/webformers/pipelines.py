@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import platform
 from .runtime.forms import check_form_args
 
 __all__ = ["pipeline", "SUPPORTED_TASKS"]
@@ -16,6 +17,9 @@ SUPPORTED_TASKS = {
     "text-generation": ("webformers.text.pipeline", "TextGenerationPipeline"),
     "automatic-speech-recognition": ("webformers.speech.pipeline", "AutomaticSpeechRecognitionPipeline"),
 }
+#: task modules that import without numpy (they wait for ``platform.packages_ready`` themselves, after
+#: starting what does not need it: the tokenizer, the repo); the others are imported once numpy can be
+_NUMPY_FREE = {"webformers.text.pipeline"}
 
 
 async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: str = "main", host: str | None = None,
@@ -61,6 +65,8 @@ async def pipeline(task: str, model, *, dtype="auto", device="auto", revision: s
         raise ValueError("pipeline needs a model: a repo id like 'webformers/tiny-random-llama'")
     form_request = check_form_args(execution, max_memory)
     module, name = SUPPORTED_TASKS[task]
+    if module not in _NUMPY_FREE:
+        await platform.packages_ready()
     cls = getattr(importlib.import_module(module), name)
     return await cls.from_pretrained(model, dtype=dtype, device=device, revision=revision, host=host,
                                      progress_callback=progress_callback, strict=strict, max_bytes=max_bytes,

@@ -55,6 +55,8 @@ export async function callPage(client, module, fn, args = [], kwargs = {}) {
   }
   if (!/^[a-z_][a-z0-9_]*$/.test(fn)) throw new Error(`bad page function name ${JSON.stringify(fn)}`);
   const payload = JSON.stringify(JSON.stringify({ args, kwargs }));
+  // webformers.page.chat imports without numpy and its loaders wait for it: its calls may start while
+  // numpy still loads after a snapshot restore; the others wait for numpy
   const out = await client.runPython(`
 import json, inspect
 from webformers.page import ${module} as _page
@@ -63,6 +65,6 @@ _r = _page.${fn}(*_p["args"], **_p["kwargs"])
 if inspect.isawaitable(_r):
     _r = await _r
 json.dumps(_r)
-`);
+`, { beforePackages: module === "chat" });
   return out === undefined || out === null ? null : JSON.parse(out);
 }

@@ -2,15 +2,24 @@
 // "pyodide_packages"), then our wheels (site.json "wheels", each checked against its sha256).
 // Served from <site>/webformers/pyboot.js; works in a worker or on a page's main thread.
 //
-//   const { pyodide, site, timings, makeSnapshot } = await bootPython({ base, snapshot: true });
+//   const { pyodide, site, timings, makeSnapshot, packages } = await bootPython({ base, snapshot: true,
+//                                                                               deferPackages: true });
 //
 // base: the site's root URL (default: the folder above this file).
 // snapshot: use a memory snapshot of the booted interpreter (Cache API "webformers-pysnapshot", one entry
 //   per site) when there is a valid one; otherwise boot fresh and return `makeSnapshot()`, which makes one
 //   for the next visit in a worker of its own (this file, started with the name "webformers-pysnapshot";
 //   a second Pyodide boot, seconds of CPU: call it when the page is idle). It resolves to {bytes, timings}.
+// deferPackages: after a snapshot restore, resolve as soon as Python and our wheels are up and load Pyodide's
+//   packages (numpy) in the background: `packages` is the promise of that load (also `globalThis.wfPackages`,
+//   which `webformers.platform.packages_ready()` awaits; timings.packages = "background"). Until it resolves,
+//   importing one of them raises an ImportError that says so; webformers' loaders wait for it themselves. On
+//   a fresh boot, and without deferPackages, the packages load before bootPython resolves (`packages` is
+//   then already resolved).
 // timings (ms): path ("snapshot" | "fresh"), pyodide (interpreter started / restored), numpy (Pyodide's
-//   packages; numpy_load, numpy_import), wheel (our wheels installed / mounted, imports checked),
+//   packages; numpy_load, numpy_import; with deferPackages on the snapshot path these come when `packages`
+//   resolves, and numpy is the time from the restore to then), wheel (our wheels installed / mounted,
+//   imports checked),
 //   snapshot_check (key + Cache API lookup); on the snapshot path also snapshot_read (read + sha256 check,
 //   overlapping the pyodide step) and snapshot_mb; snapshot_failed (a restore that failed); warnings: why a
 //   snapshot was not used.
@@ -32,7 +41,8 @@ const SNAPSHOT_WORKER_NAME = "webformers-pysnapshot";
 const WHEEL_DIR = "/lib/webformers-wheels";
 // imported before the snapshot is made, so that a restored interpreter does not import them again: the
 // standard library modules that Pyodide's package loader, numpy and webformers import, then jinja2 and
-// the webformers modules (those that need numpy fail there and load on first use); the tokenizer's
+// the webformers modules (those that need numpy fail there and load on first use: the tokenizer, the store,
+// the loaders' entry points and the demo chat import without it); the tokenizer's
 // prewarm fills its regex caches
 const SNAPSHOT_PRELOAD = [
   "ast", "asyncio", "base64", "bz2", "calendar", "concurrent.futures", "contextlib", "copy", "csv", "ctypes",
@@ -43,8 +53,9 @@ const SNAPSHOT_PRELOAD = [
   "zipfile",
   "jinja2", "jinja2.sandbox", "webformers", "webformers.dtypes", "webformers.text.tokenizer",
   "webformers.text.tokenizer.prewarm",
-  "webformers.text.chat_template", "webformers.store", "webformers.generation", "webformers.text.causal_lm",
-  "webformers.page.chat",
+  "webformers.text.chat_template", "webformers.store", "webformers.generation", "webformers.generation.config",
+  "webformers.generation.stopping", "webformers.generation.streamers", "webformers.text.auto",
+  "webformers.text.pipeline", "webformers.pipelines", "webformers.text.causal_lm", "webformers.page.chat",
 ];
 
 // The bytes at `url`, checked against `sha256`; errors name `what` and the URL.
@@ -84,6 +95,12 @@ async function loadPackages(pyodide, site, t) {
   const t0 = performance.now();
   await pyodide.loadPackage(site.pyodide_packages, { messageCallback: () => {}, errorCallback: (m) => errors.push(m) });
   const t1 = performance.now();
+  importPackages(pyodide, site, errors);
+  t.numpy_load = Math.round(t1 - t0);
+  t.numpy_import = Math.round(performance.now() - t1);
+}
+
+function importPackages(pyodide, site, errors) {
   for (const name of site.pyodide_packages) {
     try {
       pyodide.pyimport(name);
@@ -92,8 +109,59 @@ async function loadPackages(pyodide, site, t) {
       throw new Error(`Pyodide package ${name} (${file}) did not load: ${errors.join("; ") || e.message}`);
     }
   }
-  t.numpy_load = Math.round(t1 - t0);
-  t.numpy_import = Math.round(performance.now() - t1);
+}
+
+// Until the packages are loaded in the background, importing one raises an ImportError that says why.
+function guardPackages(pyodide, site) {
+  pyodide.runPython(`
+import sys
+
+class _WfPackagesLoading:
+    """Pyodide's packages load in the background after a snapshot restore (webformers/pyboot.js)."""
+    names = frozenset(${JSON.stringify(site.pyodide_packages)})
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in self.names:
+            raise ImportError(f"{top} is still loading (a Pyodide package, loaded in the background after the "
+                              "Python snapshot was restored): await webformers.platform.packages_ready() before "
+                              "importing it", name=name)
+        return None
+
+sys.meta_path.insert(0, _WfPackagesLoading())
+del _WfPackagesLoading, sys
+`);
+}
+
+function unguardPackages(pyodide) {
+  pyodide.runPython(`
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_WfPackagesLoading"]
+del sys
+`);
+}
+
+// Loads the packages after Python is up; resolves once they import (the promise also rejects there).
+function loadPackagesInBackground(pyodide, site, t) {
+  guardPackages(pyodide, site);
+  const t0 = performance.now();
+  const done = (async () => {
+    try {
+      const errors = [];
+      await pyodide.loadPackage(site.pyodide_packages, { messageCallback: () => {}, errorCallback: (m) => errors.push(m) });
+      t.numpy_load = Math.round(performance.now() - t0);
+      unguardPackages(pyodide);
+      const t1 = performance.now();
+      importPackages(pyodide, site, errors);
+      t.numpy_import = Math.round(performance.now() - t1);
+      t.numpy = Math.round(performance.now() - t0);
+    } catch (e) {
+      unguardPackages(pyodide);
+      throw e;
+    }
+  })();
+  done.catch(() => {});  // reported where it is awaited
+  return done;
 }
 
 function checkImports(pyodide, site) {
@@ -232,16 +300,22 @@ function describeChange(made, now) {
   return diffs.join("; ") || "made by another version";
 }
 
-async function bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t) {
+// -> {pyodide, packages}: `packages` resolves once Pyodide's packages import (loaded in the background
+// with `defer`, else before this resolves).
+async function bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t, defer) {
   const zips = snapshotZips(site, wheelBytes);
   // (Pyodide awaits the snapshot's bytes once its own script is loaded: the check overlaps that)
   const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", base).href, fullStdLib: false,
                                       _loadSnapshot: snap.bytes });
   lap("pyodide");
-  // (numpy & co. cannot be in the snapshot: loaded now), our wheels back where sys.path expects them
+  // (numpy & co. cannot be in the snapshot: loaded now, or in the background), our wheels back where
+  // sys.path expects them
   await writeZips(pyodide, zips);
-  await loadPackages(pyodide, site, t);
-  lap("numpy");
+  let packages = Promise.resolve();
+  if (!defer) {
+    await loadPackages(pyodide, site, t);
+    lap("numpy");
+  }
   // the snapshot's random state is the same on every visit: reseed from the OS
   pyodide.runPython(`
 import sys
@@ -251,7 +325,11 @@ del sys
 `);
   checkImports(pyodide, site);
   lap("wheel");
-  return pyodide;
+  if (defer) {
+    t.packages = "background";
+    packages = loadPackagesInBackground(pyodide, site, t);
+  }
+  return { pyodide, packages };
 }
 
 // Makes this site's snapshot in a worker of its own (a worker that imported numpy can no longer make one).
@@ -324,7 +402,7 @@ if (typeof WorkerGlobalScope !== "undefined" && self.name === SNAPSHOT_WORKER_NA
 }
 
 // ------------------------------------------------------------------------------- boot
-export async function bootPython({ base = defaultBase, snapshot = false } = {}) {
+export async function bootPython({ base = defaultBase, snapshot = false, deferPackages = false } = {}) {
   base = new URL(base);
   const { t, lap } = timer();
   const site = await loadSiteJson(base);
@@ -349,9 +427,11 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
     lap("snapshot_check");
   }
   const { loadPyodide } = await pyodideModule;
+  let packages = Promise.resolve();
   if (snap) {
     try {
-      pyodide = await bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t);
+      ({ pyodide, packages } = await bootFromSnapshot(snap, site, base, loadPyodide, wheelBytes, lap, t,
+                                                      deferPackages));
       t.path = "snapshot";
     } catch (e) {
       const why = e && e.snapshotProblem || `did not restore (${e && e.message || e})`;
@@ -369,5 +449,6 @@ export async function bootPython({ base = defaultBase, snapshot = false } = {}) 
   // After a fresh boot: makes the snapshot for the next visit when called (in a worker of its own)
   const makeSnapshot = snapshot && t.path === "fresh" && key && typeof caches !== "undefined"
     ? () => makeSnapshotInWorker(base, key, inputs) : null;
-  return { pyodide, site, timings: t, makeSnapshot };
+  if (t.packages === "background") globalThis.wfPackages = packages;
+  return { pyodide, site, timings: t, makeSnapshot, packages };
 }

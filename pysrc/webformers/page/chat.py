@@ -21,8 +21,7 @@ from __future__ import annotations
 import time
 
 from ..dtypes import DEVICES, check_device, device_support, get_dtype
-from ..platform import emit_page_event, reset_stop, stop_requested
-from ..runtime import backend
+from ..platform import emit_page_event, packages_ready, reset_stop, stop_requested
 from ..runtime.forms import check_form_args
 from ..runtime.plan import check_dtype_arg
 from ..store import REPORT_PATH, ModelRepo
@@ -71,6 +70,9 @@ async def model_info(model_id: str, device: str = "auto", host: str | None = Non
     kw = {"host": host} if host else {}
     repo = await ModelRepo.open(model_id, **kw)
     report = await repo.optional_json(REPORT_PATH) or {}
+    await packages_ready()
+    from ..runtime import backend
+
     adapter = await backend.adapter_info()
     rmods = report.get("modules") or {}
     modules = {}

@@ -29,6 +29,8 @@ and never branches on the platform:
 - ``location_href()``: the page's (or worker script's) URL, None on CPython; ``absolute_url(url, base)``;
 - ``device_memory()``: bytes of memory the device reports (``navigator.deviceMemory``; the physical memory on
   CPython), or None;
+- ``await packages_ready()``: returns once numpy (a Pyodide package, which a snapshot restore loads after
+  Python is up) can be imported; at once on CPython. Everything that imports numpy is imported after it;
 - CPython only: ``run_sync(coro)`` runs a coroutine from synchronous code (the toolchain, tests).
 
 Errors (``errors``, the same on both): ``RetryableError`` (a download worth retrying), ``QuotaError`` (a

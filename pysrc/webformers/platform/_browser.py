@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import js  # type: ignore[import-not-found]
-import numpy as np
 from pyodide.ffi import JsException, JsProxy, to_js  # type: ignore[import-not-found]
 
 from .. import config
@@ -18,7 +17,7 @@ __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
            "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "device_memory",
-           "CacheApiStore"]
+           "packages_ready", "CacheApiStore"]
 
 #: response header of a Cache API entry that holds its metadata (JSON)
 META_HEADER = "x-webformers"
@@ -62,14 +61,16 @@ def reset_stop() -> None:
         config.clear_stop()
 
 
-_DTYPES = {"Float32Array": np.float32, "Float64Array": np.float64, "Int16Array": np.int16,
-           "Int32Array": np.int32, "Uint8Array": np.uint8, "Int8Array": np.int8}
+_DTYPES = {"Float32Array": "float32", "Float64Array": "float64", "Int16Array": "int16",
+           "Int32Array": "int32", "Uint8Array": "uint8", "Int8Array": "int8"}
 
 
 def js_array(x):
     """``(constructor name, numpy array)`` for a JS ArrayBuffer / typed array; None for anything else."""
     if not isinstance(x, JsProxy):
         return None
+    import numpy as np
+
     name = str(getattr(x, "constructor", None) and x.constructor.name)
     if name == "ArrayBuffer":
         return name, np.frombuffer(x.to_py(), np.uint8).copy()
@@ -373,6 +374,19 @@ def location_href() -> str:
 def absolute_url(url: str, base: str) -> str:
     """``url`` resolved against ``base`` (the browser's URL rules)."""
     return str(js.URL.new(url, base).href)
+
+
+async def packages_ready() -> None:
+    """Wait until Pyodide's packages (numpy) are importable. A host that boots Python before loading them
+    (``webformers/pyboot.js`` with ``deferPackages``) sets ``wfPackages`` to the promise of that load; without
+    it they were loaded before Python ran anything."""
+    pending = getattr(js, "wfPackages", None)
+    if pending is None or not hasattr(pending, "then"):
+        return
+    try:
+        await pending
+    except JsException as e:
+        raise ImportError(f"Pyodide's packages (numpy) did not load: {e.message}") from None
 
 
 def device_memory() -> int | None:

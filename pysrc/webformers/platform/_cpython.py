@@ -19,7 +19,7 @@ __all__ = ["emit_page_event", "stop_requested", "reset_stop", "js_array",
            "byte_length", "byte_slice", "byte_view", "alloc_bytes", "copy_into", "finish_bytes", "sha256_hex",
            "decode_text", "open_stream", "HttpStream", "probe_url", "read_file", "open_store", "cache_dir",
            "estimate_storage", "persist_storage", "default_host", "location_href", "absolute_url", "device_memory", "DirStore",
-           "run_sync"]
+           "run_sync", "packages_ready"]
 
 CHUNK = 1 << 20
 #: buffers larger than this are hashed in a thread, so the event loop keeps running
@@ -359,6 +359,10 @@ def absolute_url(url: str, base: str) -> str:
     from urllib.parse import urljoin
 
     return urljoin(base, url)
+
+
+async def packages_ready() -> None:
+    """Nothing to wait for on CPython: numpy is imported like any package."""
 
 
 def device_memory() -> int | None:

@@ -13,7 +13,7 @@ import asyncio
 from ..generation.stopping import StopStrings
 from ..runtime.forms import check_form_args
 from ..store import ModelRepo
-from .causal_lm import AutoModelForCausalLM
+from .auto import AutoModelForCausalLM
 from .tokenizer import AutoTokenizer
 
 __all__ = ["TextGenerationPipeline"]
