@@ -20,8 +20,8 @@ per method:
 
 :mod:`.graph` holds the graph surgery they share.
 
-    make_variant(fp32_model, dtype) -> ModelProto        # a decoder with the tied lm_head of toolchain.export
-    make_layer_variant(fp32_model, dtype) -> ModelProto  # only the layer matmuls (a module without lm_head)
+    make_variant(fp32_model, dtype, in_place=False) -> ModelProto  # a decoder with the tied lm_head of toolchain.export
+    make_layer_variant(fp32_model, dtype) -> ModelProto            # only the layer matmuls (a module without lm_head)
 """
 from __future__ import annotations
 
@@ -58,14 +58,18 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def make_variant(fp32_model, dtype: str):
+def make_variant(fp32_model, dtype: str, *, in_place: bool = False):
     """A new ``onnx.ModelProto`` of ``dtype`` built from the fp32 decoder (which is left untouched).
+
+    ``in_place=True`` skips the copy: the variant is built in ``fp32_model`` itself, for a caller that no
+    longer needs the fp32 model (a 1B-parameter model: 4.3 GB less at the peak). ``fp32_model`` is then
+    consumed (use only the returned model); the returned bytes are the same either way.
 
     Shared-table lookups are expressed with standard ops (:mod:`.portable`): onnxruntime-web's WASM
     kernels have no GatherBlockQuantized."""
     check_dtypes([dtype])
     _quiet()
-    m = copy.deepcopy(fp32_model)
+    m = fp32_model if in_place else copy.deepcopy(fp32_model)
     if dtype == "fp16":
         m = to_fp16(m)
     elif dtype in ("q8", "uint8", "int8"):
