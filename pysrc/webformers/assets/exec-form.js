@@ -268,9 +268,9 @@ function retypedTensor(buf, t, type, dims, name) {
 
 // ---- the rewrite (node names, ops and constants as in exec_form.py)
 
-// the nodes and initializers that replace one matmul, named under `prefix`
+// the nodes and initializers that replace one matmul, named under `prefix`, and the names its nodes read
 class Builder {
-  constructor(prefix) { this.p = prefix; this.nodes = []; this.inits = []; }
+  constructor(prefix) { this.p = prefix; this.nodes = []; this.inits = []; this.reads = []; }
   const(name, type, dims, values) { return this.packed(name, type, dims, typedBytes(type, values)); }
   i64(name, values) { return this.const(name, T.INT64, [values.length], values); }
   packed(name, type, dims, raw) {
@@ -281,6 +281,7 @@ class Builder {
   // one node; its output is `out` (a name of the graph) or `prefix/name`
   op(kind, inputs, name, attrs = {}, out = null, domain = "") {
     const output = out || `${this.p}/${name}`;
+    this.reads.push(...inputs);
     this.nodes.push(encodeNode(kind, inputs, output, `${this.p}/${name}`, attrs, domain));
     return output;
   }
@@ -298,7 +299,7 @@ class Graph {
     this.nodes = [];
     this.producer = new Map();  // name -> index of the main-graph node writing it
     this.readers = new Map();   // name -> indices of the main-graph nodes reading it
-    const inputs = new Set();
+    const inputs = this.inputs = new Set();
     for (const f of this.fields) {
       if (f.field === 5) {
         const t = parseTensor(buf, f);
@@ -544,6 +545,7 @@ export function expandQuantizedMatmuls(bytes, form = "fp32") {
   }
   const replaced = [];
   const emit = new Map(), drop = new Set();  // node index -> the replacement emitted there; pattern nodes left out
+  const patternReads = new Map();  // how many times the left-out correction nodes read each name
   let uint2 = false;
   for (const idx of targets) {
     const node = g.nodes[idx];
@@ -553,13 +555,25 @@ export function expandQuantizedMatmuls(bytes, form = "fp32") {
     // with a correction, the replacement takes the place of its Add (after every node it reads)
     emit.set(corr ? corr.at : idx, b);
     drop.add(idx);
-    if (corr) for (const i of corr.drop) drop.add(i);
+    if (corr) {
+      for (const i of corr.drop) {
+        drop.add(i);
+        for (const name of g.nodes[i].input) patternReads.set(name, (patternReads.get(name) || 0) + 1);
+      }
+    }
     if (node.opType === "MatMulNBits" && node.attrs.bits === 2) uint2 = true;
   }
+  // initializers only the left-out correction nodes read (block shapes, axes) go with them
+  const keptReads = new Set();
+  for (const b of replaced) for (const n of b.reads) keptReads.add(n);
+  const dead = new Set([...patternReads].filter(([name, count]) => g.inits.has(name) && !g.inputs.has(name)
+                                                  && !keptReads.has(name) && g.uses.get(name) === count).map(([name]) => name));
   const graph = new Writer();
   let nodeIdx = 0;
   for (const f of g.fields) {
-    const retyped = f.field === 5 && g.retyped.size ? g.retyped.get(parseTensor(bytes, f).name) : undefined;
+    const name = f.field === 5 && (g.retyped.size || dead.size) ? parseTensor(bytes, f).name : undefined;
+    if (name !== undefined && dead.has(name)) continue;
+    const retyped = name !== undefined ? g.retyped.get(name) : undefined;
     if (f.field === 1) {
       const idx = nodeIdx++;
       const b = emit.get(idx);

@@ -136,7 +136,7 @@ class _Graph:
                 self.readers.setdefault(i, []).append(idx)
         #: names whose values do not depend on the graph inputs: initializers (not overridable by an input) and
         #: outputs of nodes (without subgraphs) reading only such names
-        inputs = {i.name for i in graph.input}
+        self.inputs = inputs = {i.name for i in graph.input}
         self.const = {t.name for t in graph.initializer if t.name not in inputs}
         for n in graph.node:
             if not any(a.HasField("g") or len(a.graphs) for a in n.attribute) and all(
@@ -379,6 +379,7 @@ def expand_quantized_matmuls(model, form: str = "fp32") -> dict:
                          + ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import))
     added, uint2, weights = [], False, 0
     emit, drop = {}, set()  # node index -> the replacement emitted there; pattern nodes left out
+    pattern_reads: dict[str, int] = {}  # how many times the left-out correction nodes read each name
     for idx, node in enumerate(graph.node):
         if idx not in targets:
             continue
@@ -393,6 +394,9 @@ def expand_quantized_matmuls(model, form: str = "fp32") -> dict:
         drop.add(idx)
         if corr is not None:
             drop |= corr["drop"]
+            for i in corr["drop"]:
+                for name in graph.node[i].input:
+                    pattern_reads[name] = pattern_reads.get(name, 0) + 1
         added.extend(b.inits)
     out_nodes = []
     for idx, node in enumerate(graph.node):
@@ -400,6 +404,14 @@ def expand_quantized_matmuls(model, form: str = "fp32") -> dict:
             out_nodes.extend(emit[idx].nodes)
         elif idx not in drop:
             out_nodes.append(node)
+    # initializers only the left-out correction nodes read (block shapes, axes) go with them
+    kept_reads = {i for b in emit.values() for n in b.nodes for i in n.input}
+    dead = {name for name, count in pattern_reads.items() if name in g.inits and name not in g.inputs
+            and name not in kept_reads and g.uses.get(name) == count}
+    if dead:
+        live = [t for t in graph.initializer if t.name not in dead]
+        del graph.initializer[:]
+        graph.initializer.extend(live)
     del graph.node[:]
     graph.node.extend(out_nodes)
     graph.initializer.extend(added)
