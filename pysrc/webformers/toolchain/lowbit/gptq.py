@@ -6,6 +6,8 @@ diagonal (:func:`.grid.fit_grid`), so the codes GPTQ picks are exactly the ones 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .grid import BLOCKS, Grid, QuantizedWeight, check_bits, fit_grid
@@ -23,7 +25,28 @@ def gptq_quantize(w: np.ndarray, H: np.ndarray, bits: int, block: int | None = N
     each rounded to its block's grid, its error fed back with the Cholesky factor of ``(H + damp*mean(diag H) I)⁻¹``;
     ``lazy`` columns are updated together. Inputs that never fire (``H[k, k] == 0``) get weight 0.
     Returns the codes on ``grid`` (default: fitted to ``w`` with ``h = diag(H)``).
+
+    The torch work runs on one intra-op thread (:func:`_one_thread`): it is thousands of small per-column ops,
+    and with several threads each op waits on a thread barrier, which on a busy machine costs milliseconds.
     """
+    with _one_thread():
+        return _gptq(w, H, bits, block, grid, damp, act_order, lazy)
+
+
+@contextmanager
+def _one_thread():
+    """torch on one intra-op thread inside the block (the previous count restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gptq(w, H, bits, block, grid, damp, act_order, lazy) -> QuantizedWeight:
     bits = check_bits(bits)
     block = block or (grid.block if grid is not None else BLOCKS[bits])
     W = np.array(np.asarray(w, np.float64).T)                  # [N, K]
