@@ -337,3 +337,44 @@ def test_budget_plan_on_the_tiny_model_fits_its_bytes(tiny, tmp_path):
                   or name.startswith("base.embed_tokens.weight_q"))
     assert written <= limit
     assert compare_onnx(path, f, held[:2])["kl"] < compare_onnx(path, make_variant(fp32, "q2"), held[:2])["kl"]
+
+
+def test_per_layer_sensitivity_lowers_a_layer_at_once_and_plans_one_width_per_layer(tiny):
+    from webformers.toolchain.lowbit.build import LowbitBuilder, LowbitOptions
+    from webformers.toolchain.lowbit.layers import decoder_layers, linear_modules
+
+    model, fp32, path, held, calib = tiny
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = calib[:2, :64]
+    sens = budget.measure_sensitivity(model, (1, 8), ids=ids, per_layer=True)
+    assert set(sens) == {"model.layers.0", "model.layers.1"} and all(set(s) == {1, 8} for s in sens.values())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # layer 0 at 1 bit: the KL of the whole model with all of layer 0's Linears rounded, computed directly
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for _, lin in linear_modules(decoder_layers(m)[0], "model.layers.0."):
+            lin.weight.copy_(torch.from_numpy(grid.rtn(lin.weight.detach().numpy().T, 1).values()))
+        ref = torch.log_softmax(model(input_ids=torch.as_tensor(ids), use_cache=False).logits.double(), -1)
+        low = torch.log_softmax(m(input_ids=torch.as_tensor(ids), use_cache=False).logits.double(), -1)
+    direct = float((ref.exp() * (ref - low)).sum(-1).mean())
+    assert sens["model.layers.0"][1] == pytest.approx(direct, rel=1e-4)
+    assert sens["model.layers.0"][1] > sens["model.layers.0"][8]
+
+    sizes = {"model.layers.0.a": {1: 10, 2: 20}, "model.layers.0.b": {1: 5, 2: 7}, "lm_head": {1: 3, 2: 4}}
+    assert budget.layer_sizes(sizes) == {"model.layers.0": {1: 15, 2: 27}, "lm_head": {1: 3, 2: 4}}
+    assert budget.expand_plan({"model.layers.0": 2, "lm_head": 1}, sizes) == {
+        "model.layers.0.a": 2, "model.layers.0.b": 2, "lm_head": 1}
+
+    # the builder's qmix with per-layer sensitivity: every Linear of a layer at its layer's width, within budget
+    fp32_bytes = path.stat().st_size
+    opts = LowbitOptions(budget=0.3, calib_sequential=False, calib_windows=2, calib_window=64,
+                         sensitivity_windows=2, sensitivity_window=64, sensitivity_per_layer=True)
+    low = LowbitBuilder(model, TOK, fp32, fp32_bytes, opts, log=lambda *_: None)
+    low.variant("qmix")
+    info = low.info["qmix"]
+    assert info["sensitivity"]["unit"] == "layer"
+    widths = {}
+    for n, b in info["plan"].items():
+        widths.setdefault(budget.layer_key(n), set()).add(b)
+    assert set(widths) == {"model.layers.0", "model.layers.1"} and all(len(w) == 1 for w in widths.values())
+    assert info["plan_bytes"] <= low.budget_bytes()[0]

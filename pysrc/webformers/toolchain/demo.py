@@ -38,6 +38,9 @@ TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=3e-4, qat_grid_lr=3e-3, 
 #: opt-in: ``WEBFORMERS_SMOLLM2_QAT=STEPS`` (e.g. 160), ``WEBFORMERS_SMOLLM2_BUDGET=F`` (e.g. 0.12)
 SMOLLM2_QAT_ENV = "WEBFORMERS_SMOLLM2_QAT"
 SMOLLM2_BUDGET_ENV = "WEBFORMERS_SMOLLM2_BUDGET"
+#: the opt-in budget build's sensitivity pass: one width per decoder layer (its 7 Linears lowered together, 30 x 4
+#: runs instead of 210 x 4) on 2 windows x 64 calibration tokens
+SMOLLM2_SENSITIVITY = dict(sensitivity_per_layer=True, sensitivity_windows=2, sensitivity_window=64)
 
 
 def toolchain_fingerprint() -> str:
@@ -62,6 +65,8 @@ def smollm2_lowbit() -> dict:
                 opts[key] = kind(raw)
             except ValueError:
                 raise ValueError(f"{env}={raw!r}: expected {'an integer step count' if kind is int else 'a fraction such as 0.12'}") from None
+    if opts["budget"] is not None:
+        opts.update(SMOLLM2_SENSITIVITY)
     return opts
 
 

@@ -1,7 +1,9 @@
 """Bits per layer under a byte budget.
 
 - :func:`measure_sensitivity`: for every decoder Linear and bit width, the mean KL(fp32 || model) of the
-  next-token distributions when only that Linear is lowered (optionally also the token table, ``"lm_head"``).
+  next-token distributions when only that Linear is lowered (optionally also the token table, ``"lm_head"``);
+  ``per_layer``: one entry per decoder layer, its Linears lowered together (:func:`layer_key`), which the
+  plan then gives one width (:func:`layer_sizes`, :func:`expand_plan`).
 - :func:`weight_bytes` / :func:`table_bytes`: the bytes a weight adds to the file at a bit width (what
   :mod:`.graph` writes for it).
 - :func:`choose_bits`: the per-layer plan of least predicted loss (the sum of the layers' KLs) whose bytes
@@ -56,13 +58,45 @@ def _kl(ref_logp, logits) -> float:
     return float((ref_logp.exp() * (ref_logp - lp)).sum(-1).mean())
 
 
+def layer_key(name: str) -> str:
+    """The decoder layer a Linear belongs to (``model.layers.3.mlp.up_proj`` → ``model.layers.3``); other
+    names (the table) are their own key."""
+    parts = name.split(".")
+    if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers":
+        return ".".join(parts[:3])
+    return name
+
+
+def layer_sizes(sizes: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
+    """``sizes`` ({Linear name: {bits: bytes}}) summed per :func:`layer_key`: the bytes of a whole decoder
+    layer at each width (widths every member has)."""
+    out: dict[str, dict[int, int]] = {}
+    for n, s in sizes.items():
+        key = layer_key(n)
+        if key not in out:
+            out[key] = dict(s)
+        else:
+            acc = out[key]
+            out[key] = {b: acc[b] + s[b] for b in acc if b in s}
+    return out
+
+
+def expand_plan(plan: dict[str, int], names) -> dict[str, int]:
+    """A per-layer plan ({layer key: bits}, from :func:`layer_sizes` and per-layer sensitivities) as
+    {name: bits} for every one of ``names``."""
+    return {n: plan[layer_key(n)] for n in names}
+
+
 def measure_sensitivity(model, bits=(1, 2, 4, 8), tokenizer=None, texts=None, *, ids=None, windows: int = 4,
                         window: int = 128, batch: int = 4, hessians: dict | None = None,
-                        table: bool = False, log=None) -> dict[str, dict[int, float]]:
+                        table: bool = False, per_layer: bool = False, log=None) -> dict[str, dict[int, float]]:
     """{Linear name: {bits: KL}} — each decoder Linear of ``model`` alone rounded to each width (fitted grid,
     weighted by ``diag(hessians[name])`` when given), the rest full precision, measured on ``ids`` [W, T] (or
     ``windows`` x ``window`` calibration tokens). ``table``: also ``"lm_head"`` — the tied token table at each
-    width (:func:`.graph.table_values`) in both its uses. Layers run from the lowered one on (cached inputs)."""
+    width (:func:`.graph.table_values`) in both its uses. Layers run from the lowered one on (cached inputs).
+
+    ``per_layer``: {``"model.layers.<i>"``: {bits: KL}} instead — all Linears of decoder layer ``i`` rounded
+    to the width together (one run per layer and width: 7x fewer runs on a Llama layer)."""
     import torch
 
     from .graph import table_values
@@ -80,17 +114,23 @@ def measure_sensitivity(model, bits=(1, 2, 4, 8), tokenizer=None, texts=None, *,
 
     for li, layer in enumerate(decoder_layers(model)):
         hidden = states.copy_hidden()
-        for name, m in linear_modules(layer, f"model.layers.{li}."):
-            w = m.weight.detach().clone()
-            h = None if hessians is None or name not in hessians else np.diag(hessians[name])
-            out[name] = {}
-            for b in bits:
-                q = rtn(w.float().numpy().T, b, h=h)
+        linears = linear_modules(layer, f"model.layers.{li}.")
+        units = [(f"model.layers.{li}", linears)] if per_layer else [(n, [(n, m)]) for n, m in linears]
+        for key, group in units:
+            saved = [m.weight.detach().clone() for _, m in group]
+            out[key] = {}
+            try:
+                for b in bits:
+                    for (name, m), w in zip(group, saved):
+                        h = None if hessians is None or name not in hessians else np.diag(hessians[name])
+                        q = rtn(w.float().numpy().T, b, h=h)
+                        with torch.no_grad():
+                            m.weight.copy_(torch.from_numpy(q.values()))
+                    out[key][b] = kl_from(li, hidden)
+            finally:
                 with torch.no_grad():
-                    m.weight.copy_(torch.from_numpy(q.values()))
-                out[name][b] = kl_from(li, hidden)
-            with torch.no_grad():
-                m.weight.copy_(w)
+                    for (_, m), w in zip(group, saved):
+                        m.weight.copy_(w)
         states.advance(li)
         if log:
             log(f"sensitivity layer {li + 1}/{len(decoder_layers(model))}")
