@@ -378,3 +378,5 @@ def test_per_layer_sensitivity_lowers_a_layer_at_once_and_plans_one_width_per_la
         widths.setdefault(budget.layer_key(n), set()).add(b)
     assert set(widths) == {"model.layers.0", "model.layers.1"} and all(len(w) == 1 for w in widths.values())
     assert info["plan_bytes"] <= low.budget_bytes()[0]
+    assert opts.key()["sensitivity_per_layer"] is True
+    assert "sensitivity_per_layer" not in LowbitOptions().key()  # builds without it keep their cache keys

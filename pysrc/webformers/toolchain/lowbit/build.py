@@ -57,9 +57,12 @@ class LowbitOptions:
     seed: int = 0
 
     def key(self) -> dict:
-        """The options as JSON (for a build cache key and the report)."""
+        """The options as JSON (for a build cache key and the report); ``sensitivity_per_layer`` only when on, so
+        builds without it keep their keys and reports."""
         d = dict(self.__dict__)
         d.pop("qat_checkpoint_dir")
+        if not d["sensitivity_per_layer"]:
+            d.pop("sensitivity_per_layer")
         return d
 
 
