@@ -71,13 +71,20 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_decoder(model, out_path, *, external_data=False) -> Path:
-    """Export ``model`` (a ``LlamaForCausalLM`` in fp32) to ``out_path`` (fp32 ONNX)."""
+    """Export ``model`` (a ``LlamaForCausalLM`` in fp32) to ``out_path`` (fp32 ONNX). This function drops its
+    references to the model and to the exported program before it loads the graph back, so a caller that
+    holds no other reference (``export_decoder(box.pop(), ...)``) has the torch weights freed by then."""
+    import gc
+
     import onnx
     import torch
 
     cfg = model.config
     n_layers, kv_heads, head_dim = kv_shape(cfg)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    lm_head = None if tied else model.lm_head.weight.detach().float().numpy().copy()
     wrapper = _Decoder.make(model)
+    del model
     batch, seq, past_len = 2, 3, 4
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), dtype=torch.int64)
     mask = torch.ones((batch, past_len + seq), dtype=torch.int64)
@@ -90,18 +97,19 @@ def export_decoder(model, out_path, *, external_data=False) -> Path:
     dyn = {"input_ids": {0: B, 1: S}, "attention_mask": {0: B, 1: T}, "position_ids": {0: B, 1: S},
            "past": [{0: B, 2: P} for _ in past]}
     in_names, present_names = io_names(n_layers)
-    with torch.no_grad(), tempfile.TemporaryDirectory() as td:
-        prog = torch.onnx.export(
-            wrapper, (ids, mask, pos, past), dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
-            input_names=in_names, output_names=["last_hidden_state", *present_names],
-            optimize=True, verbose=False, report=False)
+    with tempfile.TemporaryDirectory() as td:
         tmp = os.path.join(td, "raw.onnx")
-        prog.save(tmp, external_data=True)
+        with torch.no_grad():
+            prog = torch.onnx.export(
+                wrapper, (ids, mask, pos, past), dynamic_shapes=dyn, dynamo=True, opset_version=OPSET,
+                input_names=in_names, output_names=["last_hidden_state", *present_names],
+                optimize=True, verbose=False, report=False)
+            prog.save(tmp, external_data=True)
+        del prog, wrapper
+        gc.collect()
         m = onnx.load(tmp, load_external_data=True)
     strip_metadata(m)
     _rename_dims(m, n_layers)
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    lm_head = None if tied else model.lm_head.weight.detach().float().numpy()
     append_lm_head(m, cfg, lm_head)
     return save_model(m, out_path, external_data=external_data)
 

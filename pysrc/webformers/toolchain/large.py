@@ -83,60 +83,13 @@ def _rss_peak() -> int | None:
     return None
 
 
-def _export_fp32(model_box: list, out_path: Path) -> None:
-    """:func:`.export.export_decoder`'s fp32 graph of the model in ``model_box`` (a one-item list: the model is
-    taken out of it), written with external data files of at most ``DATA_CHUNK_BYTES``.
-
-    The same steps as ``export_decoder``, except that the references to the torch model and the exported
-    program are dropped (and ``gc`` run) once the program is saved, before its ONNX graph is loaded back
-    (``export_decoder`` holds both while the loaded graph is processed). At 16 layers this stage peaked at
-    9.0 GiB."""
-    import onnx
-    import torch
-
-    from .export import (OPSET, _Decoder, _rename_dims, append_lm_head, io_names, kv_shape, save_model,
-                         strip_metadata)
-
-    model = model_box.pop()
-    cfg = model.config
-    if not getattr(cfg, "tie_word_embeddings", False):
-        raise ValueError("the large model's lm_head is tied to the embedding")
-    n_layers, kv_heads, head_dim = kv_shape(cfg)
-    batch, seq, past_len = 2, 3, 4
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq), dtype=torch.int64)
-    mask = torch.ones((batch, past_len + seq), dtype=torch.int64)
-    pos = torch.arange(past_len, past_len + seq, dtype=torch.int64).unsqueeze(0).repeat(batch, 1)
-    past = [torch.randn(batch, kv_heads, past_len, head_dim) for _ in range(2 * n_layers)]
-    B = torch.export.Dim("batch_size", min=1, max=1024)
-    S = torch.export.Dim("sequence_length", min=1, max=1 << 16)
-    P = torch.export.Dim("past_sequence_length", min=0, max=1 << 16)
-    T = torch.export.Dim("total_sequence_length", min=1, max=1 << 17)
-    dyn = {"input_ids": {0: B, 1: S}, "attention_mask": {0: B, 1: T}, "position_ids": {0: B, 1: S},
-           "past": [{0: B, 2: P} for _ in past]}
-    in_names, present_names = io_names(n_layers)
-    with tempfile.TemporaryDirectory() as td:
-        tmp = os.path.join(td, "raw.onnx")
-        with torch.no_grad():
-            prog = torch.onnx.export(
-                _Decoder.make(model), (ids, mask, pos, past), dynamic_shapes=dyn, dynamo=True,
-                opset_version=OPSET, input_names=in_names, output_names=["last_hidden_state", *present_names],
-                optimize=True, verbose=False, report=False)
-            prog.save(tmp, external_data=True)
-        del prog, model
-        gc.collect()
-        m = onnx.load(tmp, load_external_data=True)
-    strip_metadata(m)
-    _rename_dims(m, n_layers)
-    append_lm_head(m, cfg, None)
-    save_model(m, out_path, external_data="auto")
-
-
 def _export_stage(out: Path, wheel: Path, layers: int) -> dict:
     """The repo's JSON files and the fp32 export; ``{"init", "export"}`` seconds and this process's peak RSS."""
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig
 
     from ..dtypes import onnx_file
     from .convert import MODULE, write_repo_files
+    from .export import export_decoder
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as td:
@@ -151,8 +104,8 @@ def _export_stage(out: Path, wheel: Path, layers: int) -> dict:
     timings = {"init": time.monotonic() - t0}
     t = time.monotonic()
     box = [model]
-    del model  # _export_fp32 frees it before loading the exported graph
-    _export_fp32(box, out / onnx_file(MODULE, "fp32"))
+    del model  # export_decoder drops the last reference before it loads the exported graph back
+    export_decoder(box.pop(), out / onnx_file(MODULE, "fp32"), external_data="auto")
     timings["export"] = time.monotonic() - t
     timings["export_peak_rss_bytes"] = _rss_peak()
     return timings
