@@ -1,7 +1,7 @@
 """The README's measured tables, generated from the quantization reports they quote.
 
 The reports live in ``docs/reports/<name>.json`` (copies of the demo models' ``quantization_report.json``,
-committed because the README quotes them). Each table in README.md sits between ``<!-- report:<name> -->``
+committed because the README quotes them; :data:`OPT_IN` ones come from opt-in builds). Each table in README.md sits between ``<!-- report:<name> -->``
 and ``<!-- /report -->`` and is exactly ``webformers report --markdown`` of that file.
 
     python3 build.py readme              # rewrite the README's tables from docs/reports/
@@ -20,6 +20,9 @@ README = ROOT / "README.md"
 REPORTS = ROOT / "docs" / "reports"
 #: report name -> the demo model repo (under dist/site/models) it is copied from
 SOURCES = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "whisper-tiny.en": "openai/whisper-tiny.en"}
+#: reports of opt-in builds the default build does not make (quoted as measured once): name -> how to remake it
+OPT_IN = {"smollm2-budget": "WEBFORMERS_SMOLLM2_BUDGET=0.12 python3 build.py build, then copy the SmolLM2 "
+                            "repo's quantization_report.json"}
 _BLOCK = re.compile(r"(<!-- report:([\w.-]+) -->\n)(.*?)(<!-- /report -->)", re.S)
 
 

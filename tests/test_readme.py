@@ -18,8 +18,17 @@ SITE_MODELS = Path(os.environ.get("WEBFORMERS_DIST", ROOT / "dist")) / "site" / 
 def test_readme_tables_are_the_reports_rendered():
     text = readme.README.read_text()
     found = readme.blocks(text)
-    assert set(found) == set(readme.SOURCES), f"README report blocks: {sorted(found)}"
+    assert set(found) == set(readme.SOURCES) | set(readme.OPT_IN), f"README report blocks: {sorted(found)}"
     assert readme.render(text) == text, "README tables differ from docs/reports/: run python3 build.py readme"
+
+
+def test_opt_in_reports_measure_the_demo_model():
+    """An opt-in build's report (SmolLM2's budget variant) is of the same source model as the demo's: its fp32
+    row is the demo report's, and its own rows say how they were made."""
+    demo = readme.load("smollm2")["modules"]["model"]
+    budget = readme.load("smollm2-budget")["modules"]["model"]
+    assert budget["fp32"]["bytes"] == demo["fp32"]["bytes"]
+    assert budget["qmix"]["method"] == "budget" and budget["qmix"]["bytes"] <= 0.12 * demo["fp32"]["bytes"]
 
 
 def test_render_replaces_a_stale_table():
