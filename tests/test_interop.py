@@ -67,7 +67,7 @@ finally:
 
 def _tjs_run(page, model, dtype, ids):
     cfg = {"lib": "transformers.js", "model": model, "dtype": dtype, "device": "wasm", "threads": 1,
-           "max_new_tokens": NEW_TOKENS, "ids": ids, "tjs_ort": "site"}
+           "max_new_tokens": NEW_TOKENS, "ids": ids, "tjs_ort": "site", "agent_memory": False}
     try:
         return page.page.evaluate("cfg => runBench(cfg)", cfg)
     except Exception as e:  # the JS error text names the failing op / file

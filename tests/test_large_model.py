@@ -250,7 +250,7 @@ def test_transformers_js_loads_the_q4_repo(browser, server, large_repo, referenc
         s.page.wait_for_function("!!(window.runBench && window.BenchTjsWorker)", timeout=60_000)
         s.page.set_default_timeout(900_000)
         cfg = {"lib": "transformers.js", "model": LARGE_ID, "dtype": "q4", "device": "wasm", "threads": 1,
-               "max_new_tokens": N_NEW, "ids": PROMPT, "tjs_ort": "site"}
+               "max_new_tokens": N_NEW, "ids": PROMPT, "tjs_ort": "site", "agent_memory": False}
         got = s.page.evaluate("cfg => runBench(cfg)", cfg)
         assert got.get("ids") == references["q4"], got
         assert not origin_violations(s)

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.browser
 TINY = "webformers/tiny-random-llama"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 N_NEW = 16
+#: new tokens of the tiny model's WebGPU sweep: software-rendered WebGPU takes ~1-3 s per decode step here
+N_NEW_WEBGPU = 8
 PROMPT = "Once upon a time, in a small village"
 
 # Installed before any page script: the main thread's long tasks, long animation frames with the scripts
@@ -74,9 +76,9 @@ def _prompt_ids(model_id: str) -> list[int]:
     return [int(t) for t in tok.encode(PROMPT, add_special_tokens=False)]
 
 
-def _reference(model_id: str, dtype: str, prompt: list[int]) -> list[int]:
+def _reference(model_id: str, dtype: str, prompt: list[int], n_new: int = N_NEW) -> list[int]:
     from webformers.toolchain import reference_greedy
-    return [int(t) for t in reference_greedy(SITE / "models" / model_id, dtype, prompt, N_NEW)][-N_NEW:]
+    return [int(t) for t in reference_greedy(SITE / "models" / model_id, dtype, prompt, n_new)][-n_new:]
 
 
 TEACHER_FORCED_PY = """
@@ -427,14 +429,14 @@ def test_errors_are_shown_in_the_page(browser, server):
 
 # ------------------------------------------------------------------------------ greedy vs reference
 
-def _dtype_sweep(page, model_id, device, dtypes, prompt):
+def _dtype_sweep(page, model_id, device, dtypes, prompt, n_new=N_NEW):
     results = {}
     for d in dtypes:
         code = f"""
 import json
 from webformers.page import chat
 info = await chat.load({model_id!r}, {d!r}, {device!r})
-out = await chat.generate_ids({prompt!r}, {N_NEW})
+out = await chat.generate_ids({prompt!r}, {n_new})
 json.dumps({{"info": info, "out": out}})
 """
         try:
@@ -445,7 +447,7 @@ json.dumps({{"info": info, "out": out}})
             results[d] = {"error": (errs or lines or [repr(e)])[-1][:500]}
             continue
         loaded = res["info"]["dtype"]
-        ref = _reference(model_id, loaded, prompt)
+        ref = _reference(model_id, loaded, prompt, n_new)
         results[d] = {"loaded": loaded, "device": res["info"]["device"], "ids": res["out"]["ids"], "ref": ref,
                       "match": res["out"]["ids"] == ref, "warnings": res["info"]["warnings"],
                       "page_warnings": page.inner_text("#warnings"),
@@ -488,7 +490,7 @@ def test_tiny_every_dtype_on_webgpu_matches_cpython(browser, server):
                      and d != "fp16"]
             same_path |= set(twins[1:])
         dtypes = [d for d in dtypes if d not in same_path]
-        res = _dtype_sweep(s.page, TINY, "webgpu", dtypes, prompt)
+        res = _dtype_sweep(s.page, TINY, "webgpu", dtypes, prompt, N_NEW_WEBGPU)
         dump_json("page-tiny-webgpu-greedy.json", res)
         problems = {}
         for d, r in res.items():

@@ -101,10 +101,12 @@ class TjsWorker {
   }
 }
 
-async function pageMemory() {
+/** The page's JS heap and, unless `agent` is false, the whole agent's memory (measureUserAgentSpecificMemory:
+ *  Chromium answers it at its next garbage collection, up to ~15 s later). */
+async function pageMemoryOf(agent = true) {
   const out = { js_heap_page_bytes: performance.memory ? performance.memory.usedJSHeapSize : null,
                 uasm_bytes: null };
-  if (self.crossOriginIsolated && performance.measureUserAgentSpecificMemory) {
+  if (agent && self.crossOriginIsolated && performance.measureUserAgentSpecificMemory) {
     try {
       const r = await Promise.race([performance.measureUserAgentSpecificMemory(),
         new Promise((resolve) => setTimeout(() => resolve(null), 15000))]);
@@ -150,6 +152,8 @@ function genFigures(tokens, tGen, promptTokens) {
 export async function runBench(cfg, log = () => {}) {
   const r = { lib: cfg.lib, model: cfg.model, dtype: cfg.dtype, device: cfg.device, execution: cfg.execution,
               threads: cfg.threads, max_new_tokens: cfg.max_new_tokens, cross_origin_isolated: self.crossOriginIsolated };
+  // cfg.agent_memory === false: no agent-wide memory figure (runs that check tokens, not memory)
+  const pageMemory = () => pageMemoryOf(cfg.agent_memory !== false);
   let tokens = [];
   const onToken = () => tokens.push(performance.now());
   const hasLong = !!(cfg.long_ids && cfg.long_ids.length);
