@@ -36,10 +36,11 @@ _EXCLUSIVE_FIXTURES = {"large_repo", "references", "foreign_repo", "tiny_repo", 
 #: browser test files that ``build.py test`` runs in its second pytest process, beside the others: their
 #: checks do not depend on having a core to themselves (test_page's Stop and script-time checks, the
 #: endurance memory figures and the cross-library interop runs stay in the first, and so do the recovery
-#: tests: with their WebGPU sessions (software-rendered here) beside test_page's, a page boot timed out)
+#: tests: with their WebGPU sessions (software-rendered here) beside test_page's, a page boot timed out;
+#: the ~1B model's tests run in the first too, which balances the two processes' times)
 _BESIDE_FILES = {
     "test_bench.py", "test_chunked_store.py", "test_exec_forms.py", "test_foreign_repo.py", "test_foundation.py",
-    "test_generation_browser.py", "test_jupyterlite.py", "test_large_model.py", "test_plain_pyodide.py",
+    "test_generation_browser.py", "test_jupyterlite.py", "test_plain_pyodide.py",
     "test_runtime_browser.py", "test_runtime_cpython.py", "test_site.py", "test_snapshot.py",
     "test_tokenizer_compact.py", "test_tokenizers.py", "test_warm_start.py",
 }

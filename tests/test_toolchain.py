@@ -206,6 +206,26 @@ def test_report_fields_and_cli_table(tiny, capsys):
     assert main(["report", str(tiny / "onnx")]) == 2
 
 
+def test_report_evaluates_quantized_variants_in_the_fp32_form(tiny):
+    """The report runs every variant with quantized matmuls in the fp32 execution form; its logits are the
+    stored file's (native kernels) up to float rounding and its greedy tokens are the same."""
+    from webformers.toolchain.evaluate import Decoder
+
+    rep = json.loads((tiny / "quantization_report.json").read_text())
+    forms = rep["eval"]["execution_forms"]
+    assert forms["fp32"] == forms["fp16"] == forms["q8"] == "native", forms
+    assert all(forms[d] == "fp32" for d in ("q4", "q4f16", "bnb4", "q2", "q2f16", "q1", "q1f16", "qmix")), forms
+    ids = np.array([[1, 450, 4996, 17354, 1701, 432, 17204, 975]], np.int64)
+    for d in ("q4", "bnb4", "q2", "q1f16"):
+        native, fp32 = (Decoder(tiny / onnx_file("model", d), form=f) for f in ("native", "fp32"))
+        assert (native.form, fp32.form) == ("native", "fp32")
+        a, b = native.forward(ids)[0], fp32.forward(ids)[0]
+        assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(np.abs(a).max())), d
+        assert native.greedy(ids[0].tolist(), 8) == fp32.greedy(ids[0].tolist(), 8), d
+    with pytest.raises(ValueError, match="native, fp32"):
+        Decoder(tiny / onnx_file("model", "q4"), form="int8")
+
+
 def test_low_bit_files_hold_their_bits_on_disk(tiny):
     """q2f16 / q1 / q1f16 store every layer weight as packed 2- or 1-bit codes and nothing wider; the q1 codes
     reach MatMulNBits through the in-graph expansion (the Bonsai layout)."""

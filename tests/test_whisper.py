@@ -260,6 +260,7 @@ def test_repo_layout_and_report(whisper_root):
             assert (repo / onnx_file(m, d)).is_file()
     rep = json.loads((repo / "quantization_report.json").read_text())
     assert rep["metric"] == "wer"
+    assert rep["eval"]["execution_form"] == "fp32"  # the grid decodes quantized matmuls once per session
     pairs = {(g["encoder_model"], g["decoder_model_merged"]) for g in rep["grid"]}
     assert pairs == {(e, d) for e in SUPPORTED for d in SUPPORTED}  # the full grid
     for g in rep["grid"]:

@@ -58,17 +58,42 @@ def held_out_text(max_chars: int = 200_000) -> str:
     return "\n\n".join(parts)[:max_chars]
 
 
-class Decoder:
-    """A CPython onnxruntime session of one variant with its own KV-cache loop (see the module docstring)."""
+#: the largest fp32 variant whose quantized siblings the report evaluates in the fp32 form (below 2 GiB, the
+#: most one serialized ONNX model holds)
+FP32_FORM_MAX_BYTES = 1 << 30
 
-    def __init__(self, path, threads: int | None = None):
+
+class Decoder:
+    """A CPython onnxruntime session of one variant with its own KV-cache loop (see the module docstring).
+
+    ``form="fp32"``: the quantized matmuls are decoded to fp32 when the session is created
+    (:mod:`webformers.runtime.exec_form`): the same products as the native kernels' fp32 path, without
+    their per-call dequantization of the whole weight (onnxruntime's unpacked path for 8-bit codes, an
+    lm_head whose scales are cast at run time, 2-bit and NF4 codes)."""
+
+    def __init__(self, path, threads: int | None = None, form: str = "native"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        self.s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = str(path)
+        self.form = "native"
+        if form == "fp32":
+            import onnx
+
+            from ..runtime import exec_form
+
+            proto = onnx.load(model)
+            if exec_form.expand_quantized_matmuls(proto, "fp32")["changed"]:
+                model, self.form = proto.SerializeToString(), "fp32"
+                for k, v in exec_form.SESSION_CONFIG.items():
+                    opts.add_session_config_entry(k, v)
+            del proto
+        elif form != "native":
+            raise ValueError(f"unknown execution form {form!r}; choose one of: native, fp32")
+        self.s = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name: i for i in self.s.get_inputs()}
         self.outputs = [o.name for o in self.s.get_outputs()]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
@@ -146,10 +171,13 @@ def evaluate_repo(repo, dtypes, *, windows: int = 6, window_tokens: int = 128,
     fp32_bytes = _variant_bytes(repo, "fp32")
     n_params = fp32_bytes / 4.0  # fp32: 4 bytes per weight (graph constants are negligible)
 
-    ref_lp, ref_greedy, results = [], [], {}
+    # quantized variants run in the fp32 form when it fits one serialized model (the same products, faster)
+    form = "fp32" if fp32_bytes <= FP32_FORM_MAX_BYTES else "native"
+    ref_lp, ref_greedy, results, forms = [], [], {}, {}
     for d in ["fp32"] + [d for d in dtypes if d != "fp32"]:
         t = time.monotonic()
-        dec = Decoder(repo / onnx_file(MODULE, d))
+        dec = Decoder(repo / onnx_file(MODULE, d), form=form if d != "fp32" else "native")
+        forms[d] = dec.form
         kl_sum = nll_sum = agree = count = 0.0
         for w, chunk in enumerate(chunks):
             logits, _ = dec.forward(chunk[None], keep=0)
@@ -174,11 +202,13 @@ def evaluate_repo(repo, dtypes, *, windows: int = 6, window_tokens: int = 128,
         }
         log(f"evaluated {d}: kl {results[d]['kl']:.4g} top1 {results[d]['top1']:.3f} "
             f"ppl {results[d]['perplexity']:.2f} greedy {results[d]['greedy_agreement']:.3f} "
-            f"({results[d]['eval_seconds']} s)")
+            f"({results[d]['eval_seconds']} s{', fp32 form' if dec.form == 'fp32' else ''})")
     order = [d for d in dtypes if d in results]
     return {
         "format": FORMAT, "reference": "fp32",
-        "eval": {"backend": "onnxruntime (CPython)", "held_out": "inspect.getdoc of stdlib modules "
+        "eval": {"backend": "onnxruntime (CPython)",
+                 "execution_forms": {d: forms[d] for d in order},
+                 "held_out": "inspect.getdoc of stdlib modules "
                  + ", ".join(sorted(HELD_OUT_MODULES)) + " and their public callables",
                  "windows": windows, "window_tokens": window_tokens, "positions": int(windows * (window_tokens - 1)),
                  "prompts": list(prompts), "new_tokens": new_tokens,

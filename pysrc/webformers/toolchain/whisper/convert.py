@@ -532,7 +532,8 @@ def evaluate_grid(repo_dir, dtypes, clips, references, *, log=print, max_new_tok
     """WER for every encoder-dtype × decoder-dtype pair. Encoder states are computed once per
     (clip, encoder dtype); each decoder dtype then decodes from them. Clips run on ``workers`` threads
     (default: one per CPU) sharing one single-threaded session per file, so the numbers do not depend on
-    the thread count."""
+    the thread count. Sessions run in the fp32 execution form (quantized matmuls decoded when the session
+    is created: the native kernels' fp32 products, without dequantizing whole weights on every step)."""
     if not workers:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return run_sync(_grid(Path(repo_dir), list(dtypes), list(clips), list(references), log, max_new_tokens,
@@ -582,11 +583,11 @@ async def _grid(repo, dtypes, clips, references, log, max_new_tokens, workers):
     grid = []
     with ThreadPoolExecutor(workers) as pool:
         for dt in dtypes:
-            enc = await backend.create_session(repo / onnx_file("encoder_model", dt))
+            enc = await backend.create_session(repo / onnx_file("encoder_model", dt), form="fp32")
             states[dt] = [r for r, _ in pool.map(lambda f: timed(encode, enc, f), feats)]
             enc.dispose()
         for ddt in dtypes:
-            dec = await backend.create_session(repo / onnx_file("decoder_model_merged", ddt))
+            dec = await backend.create_session(repo / onnx_file("decoder_model_merged", ddt), form="fp32")
             # every (encoder dtype, clip) of this decoder at once; results are read back in grid order
             jobs = {edt: [pool.submit(timed, decode, dec, s, f) for f, s in zip(feats, states[edt])] for edt in dtypes}
             for edt in dtypes:
@@ -669,7 +670,8 @@ def convert_whisper(ct2_dir, out, *, dtypes=None, clips_dir=None, log=print) -> 
         "model": MODEL_ID,
         "metric": "wer",
         "eval": {"clips": len(clips), "voice": "espeak-ng " + "en-us", "sample_rate": 16000,
-                 "references": list(SENTENCES[:len(clips)]), "decoding": "greedy, no timestamps"},
+                 "references": list(SENTENCES[:len(clips)]), "decoding": "greedy, no timestamps",
+                 "backend": "onnxruntime (CPython)", "execution_form": "fp32"},
         "pytorch": {"clip_0": ref_text, "clip_0_wer": torch_wer},
         "modules": {m: {dt: {"bytes": (out / onnx_file(m, dt)).stat().st_size} for dt in dtypes} for m in MODULES},
         "grid": [{k: v for k, v in g.items() if k != "hypotheses"} for g in grid],
