@@ -44,17 +44,68 @@ VENDOR.update({f"wllama/{f}": _WLLAMA / f for f in ("index.js", "wasm/wllama.was
 def build_models() -> list[str]:
     """Convert the demo models ($WEBFORMERS_MODELS, default tiny,smollm2,whisper) into dist/site/models/; their ids.
 
-    One after the other: each uses both cores (GPTQ's BLAS, the WER grid's thread per CPU); side by side on
-    two cores they oversubscribed (a fresh run's model build took 16 min, GPTQ q2 366 s instead of ~76 s)."""
+    Whisper builds in a child process pinned to the last CPU, beside the others: SmolLM2's export and GPTQ
+    run on one thread, so the second core was idle for most of its build (the WER grid then runs one clip at
+    a time; its numbers do not depend on that). With one CPU they run one after the other."""
     from webformers.toolchain import build_demo_models
 
     which = os.environ.get("WEBFORMERS_MODELS", "tiny,smollm2,whisper").split(",")
-    repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
-    if "whisper" in which:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    whisper = _start_whisper(cpus[-1]) if "whisper" in which and len(cpus) > 1 else None
+    try:
+        repos = list(build_demo_models(SITE / "models", which=[w for w in which if w != "whisper"], log=log).values())
+    except BaseException:
+        if whisper is not None:
+            whisper.kill()
+        raise
+    if whisper is not None:
+        repos.append(_finish_whisper(whisper))
+    elif "whisper" in which:
         from webformers.toolchain.whisper.convert import build_whisper_demo
 
         repos.append(build_whisper_demo(SITE / "models", log=log))
     return [Path(r).relative_to(SITE / "models").as_posix() for r in repos]
+
+
+_WHISPER_CHILD = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+from webformers.toolchain.whisper.convert import build_whisper_demo
+repo = build_whisper_demo(sys.argv[4], log=lambda m: print(m, flush=True))
+print("repo:", repo, flush=True)
+"""
+
+
+def _start_whisper(cpu: int):
+    """The child process that builds the Whisper demo on CPU ``cpu``; its lines are logged as they come."""
+    import subprocess
+    import threading
+
+    child = subprocess.Popen([sys.executable, "-c", _WHISPER_CHILD, str(cpu), str(ROOT / "pysrc"), str(ROOT),
+                              str(SITE / "models")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child.lines = []
+
+    def pump():
+        for line in child.stdout:
+            child.lines.append(line.rstrip("\n"))
+            log(f"whisper: {child.lines[-1]}")
+
+    child.pump = threading.Thread(target=pump, daemon=True)
+    child.pump.start()
+    return child
+
+
+def _finish_whisper(child) -> Path:
+    t0 = time.time()
+    rc = child.wait()
+    child.pump.join()
+    repo = next((ln[len("repo: "):] for ln in reversed(child.lines) if ln.startswith("repo: ")), None)
+    if rc != 0 or repo is None:
+        tail = "\n".join(child.lines[-15:])
+        raise BuildError(f"the Whisper demo build failed (exit {rc}):\n{tail}")
+    log(f"whisper: finished {time.time() - t0:.1f} s after the other models")
+    return Path(repo)
 
 
 def _built_models() -> list[str]:

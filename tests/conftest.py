@@ -28,9 +28,11 @@ _BROWSER_FIXTURES = {"browser", "server", "wf_page", "shared_page", "site_dir", 
 #: fixtures that convert a model (cached by content hash, minutes when the cache is cold)
 _BUILD_FIXTURES = {"whisper_root", "whisper_files"}
 #: fixtures that build into the shared cache (~/.cache/webformers, pytest's cache dir) or hold GBs while set
-#: up: one at a time across processes (``build.py test`` runs the browser tests and the others side by side),
-#: so each cold build runs once and two ~10 GB builds never overlap
-_EXCLUSIVE_FIXTURES = {"large_repo", "references", "foreign_repo", "tiny_repo", "whisper_root", "whisper_files"}
+#: up, by lock: one fixture of a lock at a time across processes (``build.py test`` runs the browser tests and
+#: the others side by side), so each cold build runs once and the ~1B model's ~10 GB steps never overlap; a
+#: fixture waits only for the builds it shares a lock with
+_EXCLUSIVE_FIXTURES = {"large_repo": "large", "references": "large", "foreign_repo": "foreign", "tiny_repo": "tiny",
+                       "whisper_root": "whisper", "whisper_files": "whisper"}
 
 
 #: browser test files that ``build.py test`` runs in its second pytest process, beside the others: their
@@ -65,8 +67,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 class _ExclusiveFixtures:
-    """Sets up the fixtures of ``_EXCLUSIVE_FIXTURES`` under an exclusive lock file in the cache folder (a
-    plugin, not a conftest hook: session-scoped fixtures are set up through the root's hooks)."""
+    """Sets up the fixtures of ``_EXCLUSIVE_FIXTURES`` under their lock file in the cache folder (a plugin, not
+    a conftest hook: session-scoped fixtures are set up through the root's hooks)."""
 
     depth = 0
 
@@ -77,7 +79,7 @@ class _ExclusiveFixtures:
         import fcntl
 
         CACHE.mkdir(parents=True, exist_ok=True)
-        with open(CACHE / ".test-fixtures.lock", "w") as lock:
+        with open(CACHE / f".test-fixtures-{_EXCLUSIVE_FIXTURES[fixturedef.argname]}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.depth += 1
             try:
