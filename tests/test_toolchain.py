@@ -514,6 +514,8 @@ def test_build_cache_keys_on_the_sources_each_build_runs(tmp_path, monkeypatch):
     assert {"toolchain/lowbit/build.py", "toolchain/lowbit/gptq.py", "toolchain/lowbit/qat.py"} <= decoder
     assert {p for p in decoder if not p.startswith("toolchain/lowbit/")} <= whisper  # Whisper runs no lowbit code
     assert {"toolchain/whisper/convert.py", "speech/whisper.py", "speech/audio.py"} <= whisper
+    # the reports run the fp32 execution form (the WER grid through the CPython backend)
+    assert "runtime/exec_form.py" in decoder and {"runtime/exec_form.py", "runtime/backend/_ort.py"} <= whisper
     assert [p for p in whisper if p.startswith("text/tokenizer")]
     with pytest.raises(FileNotFoundError, match="'toolchain/nothing.py'"):
         buildcache.sources("toolchain/*.py", "toolchain/nothing.py")

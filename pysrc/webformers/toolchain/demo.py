@@ -30,7 +30,7 @@ DEMOS = ("tiny", "smollm2")
 #: what a decoder build runs (package-relative globs): the toolchain's own modules (not whisper/), the
 #: quantizers, the dtype registry and the manifest writer
 DECODER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/lowbit/*.py", "dtypes.py",
-                   "store/manifest.py")
+                   "store/manifest.py", "runtime/exec_form.py")
 #: the tiny model gets every low-bit method: GPTQ, then QAT (a few seconds), and the budget variant qmix
 TINY_LOWBIT = dict(calibrate=True, qat_steps=30, qat_lr=3e-4, qat_grid_lr=3e-3, qat_window=64, qat_windows=32,
                    qat_batch=2, budget=0.12, sensitivity_windows=2, sensitivity_window=64)

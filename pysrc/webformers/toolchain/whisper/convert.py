@@ -62,7 +62,8 @@ CT2_FILES = ("/model.bin", "/config.json", "/tokenizer.json")
 #: the dtype registry and manifest writer, and the runtime's speech model and audio features (speech/), the
 #: decoding loop (generation/) and the tokenizer, which the WER evaluation transcribes with
 WHISPER_SOURCES = ("toolchain/*.py", "toolchain/quantize/*.py", "toolchain/whisper/*.py", "dtypes.py",
-                   "store/manifest.py", "speech/*.py", "generation/*.py", "text/tokenizer/**/*.py")
+                   "store/manifest.py", "speech/*.py", "generation/*.py", "text/tokenizer/**/*.py",
+                   "runtime/exec_form.py", "runtime/backend/_ort.py")
 
 #: Whisper tiny.en hyper-parameters (OpenAI's release; the CTranslate2 file's shapes confirm them).
 TINY_EN = dict(
